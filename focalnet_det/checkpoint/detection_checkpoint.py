@@ -1,0 +1,162 @@
+"""``FocalNetCheckpointer``: Detectron2's checkpointer, reading FocalNet checkpoints of every known layout."""
+import logging
+import os
+import re
+from urllib.parse import urlparse
+
+from detectron2.checkpoint import DetectionCheckpointer
+
+from ..errors import UserError
+from ..modeling.backbone.focalnet import FocalNet
+from .adapt import adapt_focal_kernels, new_focal_level_keys
+from .convert import describe_keys, detect_format, find_state_dict, focalnet_prefix_in, to_official_backbone, torch_load
+
+__all__ = ["FocalNetCheckpointer", "focalnet_prefix"]
+
+logger = logging.getLogger(__name__)
+
+_OUTPUT_NORM = re.compile(r"^norm\d+\.")  # norm0..3: new in detection, absent from classification weights
+
+
+def focalnet_prefix(model):
+    """Where the model's FocalNet sits, as a state-dict prefix (``"backbone."``, ``"backbone.bottom_up."``,
+    ``""`` for a bare FocalNet), or None if the model has none."""
+    for name, module in model.named_modules():
+        if isinstance(module, FocalNet):
+            return name + "." if name else ""
+    return None
+
+
+class FocalNetCheckpointer(DetectionCheckpointer):
+    """A drop-in ``DetectionCheckpointer`` that also loads official FocalNet, timm and mmdet/mmseg weights.
+
+    ``load(path)`` takes a local path or an http(s) URL (downloaded and cached by Detectron2's PathManager).
+    Non-Detectron2 layouts are converted to the official backbone layout, placed under the model's FocalNet
+    (``backbone.`` or ``backbone.bottom_up.``), their focal kernels/levels adapted to the model's, and loaded
+    strictly for the backbone: every backbone key but the output norms ``norm0..3`` must be present with the
+    model's shape, otherwise UserError. The heads keep their initialisation.
+
+    A Detectron2 checkpoint loads as usual (resuming optimizer, scheduler, iteration), after two fixes to its
+    FocalNet part: ``backbone.`` <-> ``backbone.bottom_up.`` are remapped to where the model's FocalNet sits,
+    and focal kernels/levels are adapted; if it contains a FocalNet, that part is checked as above.
+    Any checkpoint of which no key fits the model raises UserError.
+    """
+
+    def load(self, path, *args, **kwargs):
+        if path:
+            self._check_readable(path)
+        return super().load(path, *args, **kwargs)
+
+    def _check_readable(self, path):
+        """UserError for a missing local file or a URL that cannot be downloaded (instead of an assert)."""
+        bare = urlparse(path)._replace(query="").geturl()
+        if "://" not in bare:
+            if not os.path.isfile(bare):
+                raise UserError(f"weights file not found: {path}")
+            return
+        try:
+            local = self.path_manager.get_local_path(bare)  # cached: the later call in load() reuses it
+        except Exception as e:
+            raise UserError(f"cannot download weights {path}: {type(e).__name__}: {e}") from e
+        if not os.path.isfile(local):
+            raise UserError(f"weights file not found: {path}")
+
+    def _torch_load(self, f):
+        return torch_load(f)
+
+    def _load_file(self, filename):
+        """Read any supported file, then convert non-Detectron2 layouts to the official backbone layout."""
+        self._loading = filename
+        try:
+            if filename.endswith(".safetensors"):
+                from safetensors.torch import load_file
+
+                loaded = {"model": load_file(filename, device="cpu")}
+            else:
+                loaded = super()._load_file(filename)
+        except UserError:
+            raise
+        except Exception as e:
+            msg = (str(e).strip().splitlines() or [""])[0][:200]
+            raise UserError(f"cannot read weights file {filename}: {type(e).__name__}: {msg}") from e
+
+        state_dict, wrapper = find_state_dict(loaded)
+        if state_dict is None:
+            top = loaded["model"] if isinstance(loaded["model"], dict) else loaded
+            raise UserError(f"no state dict found in {filename}; top-level keys: {describe_keys(top)}")
+        fmt = detect_format(state_dict, wrapper)
+        if fmt in ("detectron2", "unknown"):  # Detectron2's own loading; non-FocalNet keys fail in _load_model
+            loaded["model"] = state_dict
+            loaded["__focalnet_format__"] = fmt
+            return loaded
+        logger.info(f"FocalNet checkpoint {filename}: {fmt} layout, converted to the official backbone layout")
+        return {"model": to_official_backbone(state_dict, fmt), "__author__": fmt, "__focalnet_format__": fmt}
+
+    def _load_model(self, checkpoint):
+        fmt = checkpoint.pop("__focalnet_format__", "detectron2")
+        filename = getattr(self, "_loading", "checkpoint")
+        state_dict = checkpoint["model"]
+        prefix = focalnet_prefix(self.model)
+        if fmt not in ("detectron2", "unknown"):
+            if prefix is None:
+                raise UserError(f"{filename} holds FocalNet weights ({fmt}), but the model has no FocalNet backbone")
+            state_dict = self._prepare_backbone(state_dict, prefix, filename)
+            checkpoint["matching_heuristics"] = False
+        elif prefix is not None and focalnet_prefix_in(state_dict) is not None:
+            ckpt_prefix = focalnet_prefix_in(state_dict)
+            backbone = {k[len(ckpt_prefix) :]: v for k, v in state_dict.items() if k.startswith(ckpt_prefix)}
+            if ckpt_prefix != prefix:
+                logger.info(f"FocalNet checkpoint: backbone keys moved from '{ckpt_prefix}' to '{prefix}'")
+            rest = {k: v for k, v in state_dict.items() if not k.startswith(ckpt_prefix)}
+            state_dict = {**rest, **self._prepare_backbone(backbone, prefix, filename)}
+        checkpoint["model"] = state_dict
+
+        ckpt_keys = list(state_dict)
+        incompatible = super()._load_model(checkpoint)
+        skipped = set(incompatible.missing_keys) | {k for k, *_ in incompatible.incorrect_shapes}
+        loaded = [k for k in self.model.state_dict() if k not in skipped]
+        if not loaded or not ckpt_keys:
+            raise UserError(
+                f"no key of {filename} fits the model (is it a FocalNet checkpoint?); "
+                f"its keys: {describe_keys(ckpt_keys)}"
+            )
+        if fmt not in ("detectron2", "unknown"):
+            heads = [k for k in incompatible.missing_keys if not k.startswith(prefix)]
+            if heads:
+                logger.info(f"FocalNet checkpoint: {len(heads)} keys outside the backbone keep their initialisation")
+        return incompatible
+
+    def _prepare_backbone(self, backbone_sd, prefix, filename):
+        """Adapt an official-layout backbone state dict to the model's FocalNet at ``prefix``, check that it
+        covers the backbone (output norms and new focal levels excepted), and return it prefixed."""
+        model_sd = {k[len(prefix) :]: v for k, v in self.model.state_dict().items() if k.startswith(prefix)}
+        backbone_sd = adapt_focal_kernels(backbone_sd, {k: v.shape for k, v in model_sd.items()})
+
+        fresh = set(new_focal_level_keys(backbone_sd, model_sd))
+        if fresh:
+            logger.info(f"FocalNet checkpoint: {len(fresh)} new focal-level kernels keep their initialisation")
+        missing = [k for k in model_sd if k not in backbone_sd and k not in fresh and not _OUTPUT_NORM.match(k)]
+        if missing and len(missing) == len([k for k in model_sd if not _OUTPUT_NORM.match(k)]):
+            raise UserError(
+                f"no key of {filename} fits the model's FocalNet (is it a FocalNet checkpoint?); "
+                f"its keys: {describe_keys(backbone_sd)}"
+            )
+        mismatched = [
+            f"{k} {tuple(v.shape)} vs model {tuple(model_sd[k].shape)}"
+            for k, v in backbone_sd.items()
+            if k in model_sd and v.shape != model_sd[k].shape
+        ]
+        if missing:
+            raise UserError(
+                f"{filename} lacks FocalNet backbone keys of the model (check MODEL.FOCALNET against the "
+                f"checkpoint's variant): {describe_keys(prefix + k for k in missing)}"
+            )
+        if mismatched:
+            raise UserError(
+                f"{filename}: FocalNet backbone shapes differ from the model's (check MODEL.FOCALNET against the "
+                f"checkpoint's variant): {describe_keys(mismatched, n=3)}"
+            )
+        norms = [k for k in model_sd if _OUTPUT_NORM.match(k) and k not in backbone_sd]
+        if norms:
+            logger.info(f"FocalNet checkpoint: output norms {sorted({k.split('.')[0] for k in norms})} start fresh")
+        return {prefix + k: v for k, v in backbone_sd.items()}

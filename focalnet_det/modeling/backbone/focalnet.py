@@ -1,0 +1,327 @@
+"""FocalNet (Yang et al., "Focal Modulation Networks", NeurIPS 2022) as a Detectron2 backbone.
+
+Parameter names follow the official dense-prediction backbone (``patch_embed``, ``layers.{i}.blocks.{j}``,
+``layers.{i}.downsample``, output norms ``norm{i}``), so official checkpoints map by name. The L/XL/H
+switches (post-LN, layerscale, normalize-modulator, post-LN in modulation, conv stem with padding 2)
+follow the classification model the 22K checkpoints were trained with.
+
+Activations stay channels-last (B, H, W, C) from the stem to the outputs: the linears act on the last
+dim, and the depthwise focal convolutions see channels-last NCHW *views* of the same memory, so no
+layout copies are made between them.
+"""
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from torch import nn
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
+from timm.layers import DropPath, trunc_normal_
+
+__all__ = ["FocalNet", "build_focalnet_backbone", "build_focalnet_fpn_backbone"]
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden_dim):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class FocalModulation(nn.Module):
+    """Focal modulation: ``q * h(sum_l gate_l * ctx_l + gate_L * global_ctx)``.
+
+    ``f`` projects to the query, the context and L+1 gates; the context is aggregated by L stacked
+    depthwise convolutions (kernel ``focal_window + 2 l``) plus a global average of the last level.
+    """
+
+    def __init__(self, dim, focal_level=2, focal_window=7, normalize_modulator=False, use_postln_in_modulation=False):
+        super().__init__()
+        self.dim = dim
+        self.focal_level = focal_level
+        self.normalize_modulator = normalize_modulator
+        self.f = nn.Linear(dim, 2 * dim + focal_level + 1)
+        self.h = nn.Conv2d(dim, dim, kernel_size=1)
+        self.act = nn.GELU()
+        self.proj = nn.Linear(dim, dim)
+        self.focal_layers = nn.ModuleList()
+        for k in range(focal_level):
+            kernel = 2 * k + focal_window
+            self.focal_layers.append(
+                nn.Sequential(
+                    nn.Conv2d(dim, dim, kernel, groups=dim, padding=kernel // 2, bias=False),
+                    nn.GELU(),
+                )
+            )
+        self.ln = nn.LayerNorm(dim) if use_postln_in_modulation else None
+
+    def forward(self, x):
+        """x: (B, H, W, C) -> (B, H, W, C)."""
+        C, L = self.dim, self.focal_level
+        q, ctx, gates = torch.split(self.f(x), (C, C, L + 1), dim=-1)
+        # channels-last NCHW views: the depthwise convs run on them without a layout copy
+        ctx = ctx.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        gates = gates.permute(0, 3, 1, 2)
+        ctx_all = None
+        for level, layer in enumerate(self.focal_layers):
+            ctx = layer(ctx)
+            term = ctx * gates[:, level : level + 1]
+            ctx_all = term if ctx_all is None else ctx_all.add_(term)
+        ctx_global = self.act(ctx.mean((2, 3), keepdim=True))
+        ctx_all = ctx_all.add_(ctx_global * gates[:, L:])
+        if self.normalize_modulator:
+            ctx_all = ctx_all / (L + 1)
+        # h is a 1x1 conv (official name and shape); on channels-last data it is a matrix multiply
+        modulator = F.linear(ctx_all.permute(0, 2, 3, 1), self.h.weight.flatten(1), self.h.bias)
+        x_out = q * modulator
+        if self.ln is not None:
+            x_out = self.ln(x_out)
+        return self.proj(x_out)
+
+
+class FocalNetBlock(nn.Module):
+    """Focal modulation + MLP, each residual; pre-LN (T/S/B) or res-post-LN (L/XL/H), optional layerscale."""
+
+    def __init__(
+        self,
+        dim,
+        mlp_ratio=4.0,
+        drop_path=0.0,
+        focal_level=2,
+        focal_window=9,
+        use_postln=False,
+        use_postln_in_modulation=False,
+        normalize_modulator=False,
+        use_layerscale=False,
+        layerscale_value=1e-4,
+    ):
+        super().__init__()
+        self.use_postln = use_postln
+        self.norm1 = nn.LayerNorm(dim)
+        self.modulation = FocalModulation(
+            dim, focal_level, focal_window, normalize_modulator, use_postln_in_modulation
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        if use_layerscale:
+            self.gamma_1 = nn.Parameter(layerscale_value * torch.ones(dim))
+            self.gamma_2 = nn.Parameter(layerscale_value * torch.ones(dim))
+        else:
+            self.gamma_1 = self.gamma_2 = 1.0
+
+    def forward(self, x):
+        if self.use_postln:
+            x = x + self.drop_path(self.gamma_1 * self.norm1(self.modulation(x)))
+            return x + self.drop_path(self.gamma_2 * self.norm2(self.mlp(x)))
+        x = x + self.drop_path(self.gamma_1 * self.modulation(self.norm1(x)))
+        return x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Stem (patch 4) or downsample (patch 2): conv + LayerNorm; inputs are zero-padded to the patch grid."""
+
+    def __init__(self, patch_size, in_chans, embed_dim, use_conv_embed=False, is_stem=False):
+        super().__init__()
+        self.patch_size = patch_size
+        if use_conv_embed:
+            # stem 7x7/4 with padding 2 (as the checkpoints were trained), downsample 3x3/2 padding 1
+            kernel, stride, padding = (7, 4, 2) if is_stem else (3, 2, 1)
+        else:
+            kernel, stride, padding = patch_size, patch_size, 0
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel, stride=stride, padding=padding)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x):
+        """x: NCHW (any memory format) -> (B, H', W', C) contiguous."""
+        H, W = x.shape[-2:]
+        pad_h, pad_w = -H % self.patch_size, -W % self.patch_size
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        x = self.proj(x).permute(0, 2, 3, 1).contiguous()
+        return self.norm(x)
+
+
+class BasicLayer(nn.Module):
+    """One stage: ``depth`` blocks, then the downsample that feeds the next stage (official placement)."""
+
+    def __init__(self, dim, depth, drop_path, downsample, use_checkpoint=False, use_conv_embed=False, **block_kwargs):
+        super().__init__()
+        self.use_checkpoint = use_checkpoint
+        self.blocks = nn.ModuleList([FocalNetBlock(dim, drop_path=drop_path[j], **block_kwargs) for j in range(depth)])
+        self.downsample = PatchEmbed(2, dim, 2 * dim, use_conv_embed=use_conv_embed) if downsample else None
+
+    def forward(self, x):
+        """x: (B, H, W, C) -> (stage output before downsampling, input of the next stage or None)."""
+        for blk in self.blocks:
+            if self.use_checkpoint and self.training and x.requires_grad:
+                x = cp.checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        x_down = self.downsample(x.permute(0, 3, 1, 2)) if self.downsample is not None else None
+        return x, x_down
+
+
+class FocalNet(Backbone):
+    """The FocalNet backbone; outputs ``res2..res5`` (strides 4..32), each through its own LayerNorm."""
+
+    def __init__(
+        self,
+        embed_dim=96,
+        depths=(2, 2, 6, 2),
+        mlp_ratio=4.0,
+        focal_levels=(2, 2, 2, 2),
+        focal_windows=(9, 9, 9, 9),
+        use_conv_embed=False,
+        use_postln=False,
+        use_postln_in_modulation=False,
+        use_layerscale=False,
+        layerscale_value=1e-4,
+        normalize_modulator=False,
+        drop_path_rate=0.2,
+        patch_size=4,
+        out_features=("res2", "res3", "res4", "res5"),
+        frozen_stages=-1,
+        use_checkpoint=False,
+        in_chans=3,
+    ):
+        super().__init__()
+        num_stages = len(depths)
+        for name, value in (("FOCAL_LEVELS", focal_levels), ("FOCAL_WINDOWS", focal_windows)):
+            if len(value) != num_stages:
+                raise ValueError(f"MODEL.FOCALNET.{name} needs one value per stage ({num_stages}), got {list(value)}")
+        names = [f"res{i + 2}" for i in range(num_stages)]
+        unknown = [f for f in out_features if f not in names]
+        if unknown:
+            raise ValueError(f"MODEL.FOCALNET.OUT_FEATURES: unknown {unknown}; choose from {names}")
+        self.num_features = [embed_dim * 2**i for i in range(num_stages)]
+        self.frozen_stages = frozen_stages
+        self._out_features = list(out_features)
+
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, use_conv_embed, is_stem=True)
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.layers = nn.ModuleList()
+        for i in range(num_stages):
+            start = sum(depths[:i])
+            self.layers.append(
+                BasicLayer(
+                    self.num_features[i],
+                    depths[i],
+                    dpr[start : start + depths[i]],
+                    downsample=i < num_stages - 1,
+                    use_checkpoint=use_checkpoint,
+                    use_conv_embed=use_conv_embed,
+                    mlp_ratio=mlp_ratio,
+                    focal_level=focal_levels[i],
+                    focal_window=focal_windows[i],
+                    use_postln=use_postln,
+                    use_postln_in_modulation=use_postln_in_modulation,
+                    normalize_modulator=normalize_modulator,
+                    use_layerscale=use_layerscale,
+                    layerscale_value=layerscale_value,
+                )
+            )
+        self._out_indices = [names.index(f) for f in self._out_features]
+        for i in self._out_indices:
+            self.add_module(f"norm{i}", nn.LayerNorm(self.num_features[i]))
+        self._out_feature_channels = {names[i]: self.num_features[i] for i in range(num_stages)}
+        self._out_feature_strides = {names[i]: patch_size * 2**i for i in range(num_stages)}
+
+        self.apply(self._init_weights)
+        self._freeze_stages()
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def _freeze_stages(self):
+        """Official semantics: >= 0 freezes the stem; k >= 2 also freezes layers[0..k-2] (with their downsamples)."""
+        frozen = []
+        if self.frozen_stages >= 0:
+            frozen.append(self.patch_embed)
+        if self.frozen_stages >= 2:
+            frozen.extend(self.layers[: self.frozen_stages - 1])
+        for module in frozen:
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad = False
+
+    def train(self, mode=True):
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    @property
+    def size_divisibility(self):
+        return 32
+
+    def forward(self, x):
+        outputs = {}
+        x = self.patch_embed(x)
+        for i, layer in enumerate(self.layers):
+            x_out, x = layer(x)
+            if i in self._out_indices:
+                name = f"res{i + 2}"
+                outputs[name] = getattr(self, f"norm{i}")(x_out).permute(0, 3, 1, 2).contiguous()
+            if x is None or i >= max(self._out_indices):
+                break
+        return outputs
+
+    def output_shape(self):
+        return {
+            name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
+            for name in self._out_features
+        }
+
+
+def _focalnet_from_cfg(cfg, out_features=None):
+    c = cfg.MODEL.FOCALNET
+    return FocalNet(
+        embed_dim=c.EMBED_DIM,
+        depths=tuple(c.DEPTHS),
+        mlp_ratio=c.MLP_RATIO,
+        focal_levels=tuple(c.FOCAL_LEVELS),
+        focal_windows=tuple(c.FOCAL_WINDOWS),
+        use_conv_embed=c.USE_CONV_EMBED,
+        use_postln=c.USE_POSTLN,
+        use_postln_in_modulation=c.USE_POSTLN_IN_MODULATION,
+        use_layerscale=c.USE_LAYERSCALE,
+        layerscale_value=c.LAYERSCALE_VALUE,
+        normalize_modulator=c.NORMALIZE_MODULATOR,
+        drop_path_rate=c.DROP_PATH_RATE,
+        patch_size=c.PATCH_SIZE,
+        out_features=tuple(out_features or c.OUT_FEATURES),
+        frozen_stages=c.FROZEN_STAGES,
+        use_checkpoint=c.USE_CHECKPOINT,
+    )
+
+
+@BACKBONE_REGISTRY.register()
+def build_focalnet_backbone(cfg, input_shape):
+    """FocalNet with outputs ``MODEL.FOCALNET.OUT_FEATURES`` (res2..res5)."""
+    return _focalnet_from_cfg(cfg)
+
+
+@BACKBONE_REGISTRY.register()
+def build_focalnet_fpn_backbone(cfg, input_shape):
+    """FocalNet + FPN (p2..p6, LastLevelMaxPool), as in Mask R-CNN."""
+    bottom_up = _focalnet_from_cfg(cfg, out_features=cfg.MODEL.FPN.IN_FEATURES)
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelMaxPool(),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )

@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="focalnet_det",
+    version="0.1.0",
+    description="Focal Modulation Networks (FocalNets) for detection and segmentation on Detectron2",
+    packages=find_packages(include=["focalnet_det", "focalnet_det.*"]),
+    python_requires=">=3.10",
+    # torch/torchvision and Detectron2 are installed by scripts/setup_env.sh (see README):
+    # Detectron2 is not on PyPI, and the torch build must match the machine.
+    install_requires=[
+        "timm>=1.0,<1.1",
+        "safetensors",
+        "fvcore",
+        "iopath",
+        "pycocotools",
+        "omegaconf",
+        "hydra-core",
+        "termcolor",
+        "yacs",
+        "tabulate",
+        "cloudpickle",
+        "matplotlib",
+        "tensorboard",
+        "scipy",
+        "shapely",
+        "opencv-python-headless",
+        "tqdm",
+        "setuptools<81",
+    ],
+    extras_require={"dev": ["pytest"]},
+)

@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""Convert a FocalNet checkpoint to a Detectron2 checkpoint of the backbone (MODEL.WEIGHTS-ready).
+
+Converting is optional: FocalNetCheckpointer (used by tools/train_net.py) reads all these inputs directly.
+"""
+import argparse
+import logging
+import pickle
+import sys
+import warnings
+
+import torch
+
+# fvcore (imported by Detectron2) calls the deprecated torch.jit.script at import: keep stderr for errors
+warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
+
+from focalnet_det.checkpoint import (  # noqa: E402
+    adapt_focal_kernels,
+    config_target_shapes,
+    describe_keys,
+    detect_format,
+    find_state_dict,
+    read_checkpoint,
+    to_official_backbone,
+)
+from focalnet_det.errors import UserError  # noqa: E402
+
+logger = logging.getLogger("convert_checkpoint")
+
+DESCRIPTION = __doc__ + """
+Input formats, detected from the keys (not from the file name):
+  official     the authors' FocalNet classification .pth ({"model": state_dict}; bare, "state_dict"-wrapped
+               and "module."-prefixed ones too); the classification head and final norm are dropped
+  timm         a timm FocalNet state dict, .safetensors or .pth (stem.*, downsample at stage start, 1x1-conv
+               linears); renamed to the official layout
+  mmdet/mmseg  an official FocalNet detection/segmentation checkpoint ("state_dict" with backbone.* and
+               heads); the backbone part is kept
+  detectron2   a Detectron2 checkpoint ({"model": ...}) holding a FocalNet (e.g. backbone.bottom_up.*);
+               the backbone part is kept
+
+Output: {"model": {PREFIX + key: tensor}, "__author__": "focalnet_det", "matching_heuristics": False},
+saved with torch.save (with pickle for a .pkl OUT). The backbone's output norms norm0..3 are
+not in classification weights and start fresh in the model.
+
+Focal kernels keep the checkpoint's sizes unless --focal-windows/--focal-levels are given (the loader
+adapts them to the model at load time anyway): smaller kernels are zero-padded about the centre (which
+preserves the function), larger ones centre-clipped; extra focal levels start with zero gates.
+"""
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("input", metavar="IN", help="checkpoint to convert (.pth, .pkl, .safetensors)")
+    parser.add_argument("output", metavar="OUT", help="Detectron2 checkpoint to write (.pth or .pkl)")
+    parser.add_argument(
+        "--prefix",
+        default="backbone.",
+        help="key prefix of the backbone in the model (default: backbone.; FocalNetCheckpointer also maps "
+        "it onto backbone.bottom_up. for FPN models)",
+    )
+    parser.add_argument(
+        "--focal-windows", type=int, nargs="+", metavar="W",
+        help="adapt focal kernels to these windows: one value, or one per stage (e.g. 9 9 9 9)",
+    )
+    parser.add_argument(
+        "--focal-levels", type=int, nargs="+", metavar="L",
+        help="adapt modulation.f to this many focal levels: one value, or one per stage",
+    )
+    return parser
+
+
+def convert(input_path, focal_windows=None, focal_levels=None):
+    """Read ``input_path`` and return ``(official-layout backbone state dict, detected format)``."""
+    state_dict, wrapper = find_state_dict(read_checkpoint(input_path))
+    if state_dict is None:
+        raise UserError(f"no state dict found in {input_path}")
+    fmt = detect_format(state_dict, wrapper)
+    if fmt == "unknown":
+        raise UserError(f"{input_path} is not a FocalNet checkpoint; its keys: {describe_keys(state_dict)}")
+    try:
+        backbone = to_official_backbone(state_dict, fmt)
+    except UserError as e:
+        raise UserError(f"{input_path}: {e}") from None
+    if focal_windows or focal_levels:
+        backbone = adapt_focal_kernels(backbone, config_target_shapes(backbone, focal_windows, focal_levels))
+    return backbone, fmt
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    # information on stdout: stderr carries only the error line
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    try:
+        backbone, fmt = convert(args.input, args.focal_windows, args.focal_levels)
+        model = {args.prefix + k: v.contiguous() for k, v in backbone.items()}
+        out = {"model": model, "__author__": "focalnet_det", "matching_heuristics": False}
+        try:
+            if args.output.endswith(".pkl"):
+                with open(args.output, "wb") as f:
+                    pickle.dump(out, f)
+            else:
+                torch.save(out, args.output)
+        except OSError as e:
+            raise UserError(f"cannot write {args.output}: {e.strerror or e}") from None
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    n = sum(v.numel() for v in model.values())
+    logger.info(f"{args.input} ({fmt}) -> {args.output}: {len(model)} tensors, {n / 1e6:.2f} M parameters, "
+                f"prefix '{args.prefix}'")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+#!/usr/bin/env python
+"""Train and evaluate FocalNet models with Detectron2.
+
+Examples:
+  python tools/train_net.py --config-file configs/Tiny/mask_rcnn_focalnet_tiny_shapes.yaml
+  python tools/train_net.py --config-file configs/COCO-InstanceSegmentation/mask_rcnn_focalnet_tiny_srf_1x.yaml \\
+      --num-gpus 8 SOLVER.IMS_PER_BATCH 16
+  python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS output/model_final.pth
+
+COCO: point DETECTRON2_DATASETS at the folder holding coco/ (Detectron2's layout); the built-in
+tiny_shapes_{train,val} datasets need nothing. Without a GPU the model runs on the CPU in fp32.
+"""
+import logging
+import os
+import sys
+import weakref
+
+import torch
+
+import detectron2.utils.comm as comm
+from detectron2.config import get_cfg
+from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, verify_results
+
+import focalnet_det  # noqa: F401  (registers backbones and datasets)
+from focalnet_det import add_focalnet_config
+from focalnet_det.checkpoint import FocalNetCheckpointer
+from focalnet_det.data.augmentation import build_detection_augmentation
+from focalnet_det.errors import UserError
+from focalnet_det.solver import build_optimizer
+
+logger = logging.getLogger("focalnet_det")
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with the FocalNet recipe: checkpoint formats, augmentation, AdamW, evaluators."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        # reads official / timm / Detectron2 checkpoints, adapting focal kernels
+        self.checkpointer = FocalNetCheckpointer(
+            self.checkpointer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+        evaluators = []
+        if evaluator_type == "coco":
+            # the fast (compiled) COCO eval is not available with every Detectron2 install
+            evaluators.append(COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False))
+        if not evaluators:
+            raise UserError(f"no evaluator for dataset {dataset_name!r} (evaluator_type {evaluator_type!r})")
+        return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        mapper = DatasetMapper(cfg, is_train=True, augmentations=build_detection_augmentation(cfg, True))
+        return build_detection_train_loader(cfg, mapper=mapper)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        mapper = DatasetMapper(cfg, is_train=False, augmentations=build_detection_augmentation(cfg, False))
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+
+def setup(args):
+    """Config from file + overrides; user mistakes become one-line UserErrors."""
+    cfg = get_cfg()
+    add_focalnet_config(cfg)
+    if not args.config_file:
+        raise UserError("no config given: pass --config-file FILE")
+    if not os.path.isfile(args.config_file):
+        raise UserError(f"config file not found: {args.config_file}")
+    try:
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+    except (KeyError, ValueError, AssertionError, TypeError) as e:
+        raise UserError(f"{args.config_file}: {e}".replace("\n", " ")) from None
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+        cfg.SOLVER.AMP.ENABLED = False  # mixed precision only where a GPU is present
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        FocalNetCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def cli(argv=None):
+    args = default_argument_parser(epilog=__doc__).parse_args(argv)
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli()
