@@ -37,3 +37,136 @@ def add_focalnet_config(cfg):
     cfg.INPUT.CROP_AUG.PROB = 0.5
     cfg.INPUT.CROP_AUG.RESIZE_SHORT = [400, 500, 600]
     cfg.INPUT.CROP_AUG.CROP_SIZE = [384, 600]
+
+    # Mask2Former: the official keys and defaults (MODEL.MASK_FORMER.*, MODEL.SEM_SEG_HEAD.*, mappers)
+    add_maskformer2_config(cfg)
+    # UPerNet and the semantic-segmentation recipe (ADE20K)
+    add_upernet_config(cfg)
+
+
+def _add_missing(cfg, defaults):
+    """Copy into ``cfg`` the keys of ``defaults`` it lacks (recursively); existing values win."""
+    for key, value in defaults.items():
+        if key not in cfg:
+            cfg[key] = value.clone() if isinstance(value, CN) else value
+        elif isinstance(value, CN) and isinstance(cfg[key], CN):
+            _add_missing(cfg[key], value)
+
+
+def add_maskformer2_config(cfg):
+    """The keys and defaults of the official Mask2Former (``mask2former/config.py``), so that its yamls
+    load with only the backbone swapped. Keys already present keep their values (idempotent), which also
+    keeps whatever another part of the project set first for the shared ones (``SOLVER.OPTIMIZER``, the
+    DeepLab keys). Mask2Former's Swin keys (``MODEL.SWIN``) are not added: the backbone here is FocalNet."""
+    m = CN()
+    m.INPUT = CN()
+    m.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"  # which training mapper (tools/train_net.py)
+    m.INPUT.COLOR_AUG_SSD = False
+    m.INPUT.CROP = CN()
+    m.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    m.INPUT.SIZE_DIVISIBILITY = -1  # semantic mapper: pad image and label to this square (-1: no padding)
+    # large-scale jitter ("new baseline") mappers
+    m.INPUT.IMAGE_SIZE = 1024
+    m.INPUT.MIN_SCALE = 0.1
+    m.INPUT.MAX_SCALE = 2.0
+
+    m.SOLVER = CN()
+    m.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    m.SOLVER.OPTIMIZER = "ADAMW"
+    m.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    # poly schedule ("WarmupPolyLR"), keys of Detectron2's DeepLab project
+    m.SOLVER.POLY_LR_POWER = 0.9
+    m.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
+
+    m.MODEL = CN()
+    f = m.MODEL.MASK_FORMER = CN()
+    f.DEEP_SUPERVISION = True
+    f.NO_OBJECT_WEIGHT = 0.1
+    f.CLASS_WEIGHT = 1.0
+    f.DICE_WEIGHT = 1.0
+    f.MASK_WEIGHT = 20.0
+    f.NHEADS = 8
+    f.DROPOUT = 0.1
+    f.DIM_FEEDFORWARD = 2048
+    f.ENC_LAYERS = 0
+    f.DEC_LAYERS = 6  # the decoder gets DEC_LAYERS - 1 layers (the learnable queries take the first loss)
+    f.PRE_NORM = False
+    f.HIDDEN_DIM = 256
+    f.NUM_OBJECT_QUERIES = 100
+    f.TRANSFORMER_IN_FEATURE = "res5"
+    f.ENFORCE_INPUT_PROJ = False
+    f.TEST = CN()
+    f.TEST.SEMANTIC_ON = True
+    f.TEST.INSTANCE_ON = False
+    f.TEST.PANOPTIC_ON = False
+    f.TEST.OBJECT_MASK_THRESHOLD = 0.0
+    f.TEST.OVERLAP_THRESHOLD = 0.0
+    f.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
+    f.SIZE_DIVISIBILITY = 32  # < 0: the backbone's
+    f.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"
+    # point-sampled mask losses (matcher and criterion)
+    f.TRAIN_NUM_POINTS = 112 * 112
+    f.OVERSAMPLE_RATIO = 3.0
+    f.IMPORTANCE_SAMPLE_RATIO = 0.75
+
+    h = m.MODEL.SEM_SEG_HEAD = CN()
+    h.MASK_DIM = 256
+    h.TRANSFORMER_ENC_LAYERS = 0
+    h.PIXEL_DECODER_NAME = "BasePixelDecoder"
+    h.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
+    # present in the official config but never read: the encoder always uses 4 points and MASK_FORMER.NHEADS
+    h.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
+    h.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+    # keys of Detectron2's DeepLab project, which the official setup also adds (its yamls name some of them)
+    h.LOSS_TYPE = "hard_pixel_mining"
+    h.PROJECT_FEATURES = ["res2"]
+    h.PROJECT_CHANNELS = [48]
+    h.ASPP_CHANNELS = 256
+    h.ASPP_DILATIONS = [6, 12, 18]
+    h.ASPP_DROPOUT = 0.1
+    h.USE_DEPTHWISE_SEPARABLE_CONV = False
+    m.MODEL.RESNETS = CN()
+    m.MODEL.RESNETS.RES4_DILATION = 1
+    m.MODEL.RESNETS.RES5_MULTI_GRID = [1, 2, 4]
+    m.MODEL.RESNETS.STEM_TYPE = "deeplab"
+    _add_missing(cfg, m)
+
+
+def add_upernet_config(cfg):
+    """UPerNet (``focalnet_det/modeling/upernet.py``) and semantic-segmentation recipe keys. The head also reads
+    Detectron2's ``MODEL.SEM_SEG_HEAD.{IN_FEATURES, NUM_CLASSES, IGNORE_VALUE, CONVS_DIM, NORM, LOSS_WEIGHT}``.
+    Keys shared with Mask2Former / DeepLab get the same defaults and never overwrite (idempotent)."""
+    u = CN()
+    u.MODEL = CN()
+    u.MODEL.UPERNET = CN()
+    u.MODEL.UPERNET.POOL_SCALES = [1, 2, 3, 6]
+    u.MODEL.UPERNET.DROPOUT = 0.1
+    # True: cross-entropy averaged over all pixels, ignored ones counting 0 (mmseg, the recipe);
+    # False: over the labelled pixels only (Detectron2's heads)
+    u.MODEL.UPERNET.LOSS_AVERAGE_ALL_PIXELS = True
+    # FCN auxiliary head, training only; "" disables it
+    u.MODEL.UPERNET.AUX_IN_FEATURE = "res4"
+    u.MODEL.UPERNET.AUX_CHANNELS = 256
+    u.MODEL.UPERNET.AUX_NUM_CONVS = 1
+    u.MODEL.UPERNET.AUX_LOSS_WEIGHT = 0.4
+
+    u.INPUT = CN()
+    # (lo, hi): the semantic training mapper resizes as mmseg's Resize(img_scale=(MAX_SIZE_TRAIN,
+    # MIN_SIZE_TRAIN[0]), ratio_range=(lo, hi)): r ~ U(lo, hi) scales both the short-side target and the
+    # long-side limit. Empty: Detectron2's ResizeShortestEdge(MIN_SIZE_TRAIN, MAX_SIZE_TRAIN, sampling).
+    u.INPUT.RESIZE_RATIO_RANGE = []
+    u.INPUT.COLOR_AUG_SSD = False  # photometric distortion (mmseg's PhotoMetricDistortion)
+    u.INPUT.CROP = CN()
+    u.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0  # mmseg's cat_max_ratio
+
+    u.SOLVER = CN()
+    # SOLVER.LR_SCHEDULER_NAME "WarmupPolyLR" (Detectron2's DeepLab project)
+    u.SOLVER.POLY_LR_POWER = 0.9
+    u.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
+
+    u.TEST = CN()
+    u.TEST.AUG = CN()
+    # semantic multi-scale test (TEST.AUG.ENABLED, with TEST.AUG.FLIP): ratios of (MIN_SIZE_TEST,
+    # MAX_SIZE_TEST), as mmseg's img_ratios; the softmax outputs of all views are averaged
+    u.TEST.AUG.RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    _add_missing(cfg, u)

@@ -100,7 +100,7 @@ X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
 
 def test_official_checkpoint_into_rcnn_is_function_preserving(tmp_path, caplog):
-    """Window-3 classification weights in a window-9 Mask R-CNN: no missing backbone key, same features."""
+    """Window-3 classification weights in a window-9 Faster R-CNN (FPN): no missing backbone key, same features."""
     path = str(tmp_path / "focalnet_cls.pth")
     cls_net = official_checkpoint(path, windows=3)
     model = build_model(cfg_for("build_focalnet_fpn_backbone", windows=9)).eval()
@@ -220,7 +220,8 @@ def timm_variants():
 def stage_features(net, x):
     """Our pre-``norm{i}`` stage outputs (NCHW), captured from each stage's forward."""
     feats = []
-    hooks = [layer.register_forward_hook(lambda m, i, o: feats.append(o[0].permute(0, 3, 1, 2))) for layer in net.layers]
+    grab = lambda module, inputs, output: feats.append(output[0].permute(0, 3, 1, 2))  # noqa: E731
+    hooks = [layer.register_forward_hook(grab) for layer in net.layers]
     with torch.no_grad():
         net(x)
     for h in hooks:
@@ -355,6 +356,18 @@ def test_errors_in_checkpointer(bad_files):
     for path, message in bad_files.values():
         with pytest.raises(UserError, match=message):
             FocalNetCheckpointer(backbone_model(fpn=False)).load(str(path))
+
+
+def test_wrong_variant_names_keys(tmp_path):
+    """A checkpoint of another variant: shape mismatches or missing backbone keys are errors, not warnings."""
+    path = str(tmp_path / "cls.pth")
+    official_checkpoint(path)
+    wider = Wrapper(FocalNet(embed_dim=2 * DIM, depths=DEPTHS))
+    with pytest.raises(UserError, match=r"shapes differ.*patch_embed\.proj\.weight \(16, 3, 4, 4\) vs model \(32"):
+        FocalNetCheckpointer(wider).load(path)
+    deeper = Wrapper(FocalNet(embed_dim=DIM, depths=(1, 1, 3, 1)))
+    with pytest.raises(UserError, match=r"lacks FocalNet backbone keys.*backbone\.layers\.2\.blocks\.2\.norm1"):
+        FocalNetCheckpointer(deeper).load(path)
 
 
 def test_errors_in_tool(bad_files, tmp_path, capsys):

@@ -71,11 +71,12 @@ def adapt_focal_kernels(state_dict, target_shapes):
             out[key] = _resize_kernel(value, target[2:], key)
             done[f"focal kernels {kind}"].append(f"{key} {tuple(value.shape[2:])}->{target[2:]}")
         elif _F.match(key) and value.shape[1:] == target[1:]:
-            # C from the weight (in_features); the bias has none, take it from the weight beside it
-            weight = state_dict.get(key[: -len("bias")] + "weight", value) if key.endswith("bias") else value
-            dim = weight.shape[1] if weight.dim() == 2 else None
-            if dim is None:
-                continue  # no way to tell q/ctx from gates: leave the mismatch to the caller
+            # C (in_features) from the weight, for the bias too; only where checkpoint and model agree on it
+            weight_key = key[: -len("bias")] + "weight" if key.endswith("bias") else key
+            weight, target_weight = state_dict.get(weight_key), target_shapes.get(weight_key)
+            if weight is None or target_weight is None or weight.dim() != 2 or weight.shape[1] != target_weight[1]:
+                continue  # another variant, not another level count: leave the mismatch to the caller
+            dim = weight.shape[1]
             old_levels, new_levels = value.shape[0] - 2 * dim - 1, target[0] - 2 * dim - 1
             if new_levels < old_levels:
                 raise UserError(

@@ -80,10 +80,10 @@ def read_checkpoint(path):
                 return pickle.load(f, encoding="latin1")
         return torch_load(path)
     except Exception as e:
-        raise UserError(f"cannot read weights file {path}: {type(e).__name__}: {_first_line(e)}") from e
+        raise UserError(f"cannot read weights file {path}: {type(e).__name__}: {first_line(e)}") from e
 
 
-def _first_line(e):
+def first_line(e):
     return (str(e).strip().splitlines() or [""])[0][:200]
 
 

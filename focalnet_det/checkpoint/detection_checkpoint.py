@@ -9,7 +9,15 @@ from detectron2.checkpoint import DetectionCheckpointer
 from ..errors import UserError
 from ..modeling.backbone.focalnet import FocalNet
 from .adapt import adapt_focal_kernels, new_focal_level_keys
-from .convert import describe_keys, detect_format, find_state_dict, focalnet_prefix_in, to_official_backbone, torch_load
+from .convert import (
+    describe_keys,
+    detect_format,
+    find_state_dict,
+    first_line,
+    focalnet_prefix_in,
+    to_official_backbone,
+    torch_load,
+)
 
 __all__ = ["FocalNetCheckpointer", "focalnet_prefix"]
 
@@ -66,7 +74,7 @@ class FocalNetCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename):
         """Read any supported file, then convert non-Detectron2 layouts to the official backbone layout."""
-        self._loading = filename
+        self._loading_file = filename
         try:
             if filename.endswith(".safetensors"):
                 from safetensors.torch import load_file
@@ -77,8 +85,7 @@ class FocalNetCheckpointer(DetectionCheckpointer):
         except UserError:
             raise
         except Exception as e:
-            msg = (str(e).strip().splitlines() or [""])[0][:200]
-            raise UserError(f"cannot read weights file {filename}: {type(e).__name__}: {msg}") from e
+            raise UserError(f"cannot read weights file {filename}: {type(e).__name__}: {first_line(e)}") from e
 
         state_dict, wrapper = find_state_dict(loaded)
         if state_dict is None:
@@ -93,20 +100,21 @@ class FocalNetCheckpointer(DetectionCheckpointer):
         return {"model": to_official_backbone(state_dict, fmt), "__author__": fmt, "__focalnet_format__": fmt}
 
     def _load_model(self, checkpoint):
-        fmt = checkpoint.pop("__focalnet_format__", "detectron2")
-        filename = getattr(self, "_loading", "checkpoint")
+        converted = checkpoint.pop("__focalnet_format__", "detectron2") not in ("detectron2", "unknown")
+        filename = getattr(self, "_loading_file", "checkpoint")
         state_dict = checkpoint["model"]
         prefix = focalnet_prefix(self.model)
-        if fmt not in ("detectron2", "unknown"):
+        if converted:
             if prefix is None:
-                raise UserError(f"{filename} holds FocalNet weights ({fmt}), but the model has no FocalNet backbone")
+                raise UserError(f"{filename} holds FocalNet weights, but the model has no FocalNet backbone")
             state_dict = self._prepare_backbone(state_dict, prefix, filename)
             checkpoint["matching_heuristics"] = False
         elif prefix is not None and focalnet_prefix_in(state_dict) is not None:
+            # a Detectron2 checkpoint with a FocalNet: move it to where the model's sits, adapt, check
             ckpt_prefix = focalnet_prefix_in(state_dict)
-            backbone = {k[len(ckpt_prefix) :]: v for k, v in state_dict.items() if k.startswith(ckpt_prefix)}
             if ckpt_prefix != prefix:
                 logger.info(f"FocalNet checkpoint: backbone keys moved from '{ckpt_prefix}' to '{prefix}'")
+            backbone = {k[len(ckpt_prefix) :]: v for k, v in state_dict.items() if k.startswith(ckpt_prefix)}
             rest = {k: v for k, v in state_dict.items() if not k.startswith(ckpt_prefix)}
             state_dict = {**rest, **self._prepare_backbone(backbone, prefix, filename)}
         checkpoint["model"] = state_dict
@@ -114,16 +122,14 @@ class FocalNetCheckpointer(DetectionCheckpointer):
         ckpt_keys = list(state_dict)
         incompatible = super()._load_model(checkpoint)
         skipped = set(incompatible.missing_keys) | {k for k, *_ in incompatible.incorrect_shapes}
-        loaded = [k for k in self.model.state_dict() if k not in skipped]
-        if not loaded or not ckpt_keys:
+        if all(k in skipped for k in self.model.state_dict()):
             raise UserError(
                 f"no key of {filename} fits the model (is it a FocalNet checkpoint?); "
                 f"its keys: {describe_keys(ckpt_keys)}"
             )
-        if fmt not in ("detectron2", "unknown"):
-            heads = [k for k in incompatible.missing_keys if not k.startswith(prefix)]
-            if heads:
-                logger.info(f"FocalNet checkpoint: {len(heads)} keys outside the backbone keep their initialisation")
+        heads = [k for k in incompatible.missing_keys if not k.startswith(prefix or "")]
+        if converted and heads:
+            logger.info(f"FocalNet checkpoint: {len(heads)} keys outside the backbone keep their initialisation")
         return incompatible
 
     def _prepare_backbone(self, backbone_sd, prefix, filename):

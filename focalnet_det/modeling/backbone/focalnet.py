@@ -5,9 +5,9 @@ Parameter names follow the official dense-prediction backbone (``patch_embed``, 
 switches (post-LN, layerscale, normalize-modulator, post-LN in modulation, conv stem with padding 2)
 follow the classification model the 22K checkpoints were trained with.
 
-Activations stay channels-last (B, H, W, C) from the stem to the outputs: the linears act on the last
-dim, and the depthwise focal convolutions see channels-last NCHW *views* of the same memory, so no
-layout copies are made between them.
+Activations stay channels-last (B, H, W, C) from the stem to the outputs. Every linear layer runs as a
+1x1 convolution on a channels-last NCHW *view* of that memory (oneDNN's kernel is ~1.5x faster than the
+BLAS matmul behind ``nn.Linear`` on CPUs), and so do the depthwise focal convolutions: no layout copies.
 """
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,12 @@ from timm.layers import DropPath, trunc_normal_
 __all__ = ["FocalNet", "build_focalnet_backbone", "build_focalnet_fpn_backbone"]
 
 
+def pointwise(x, layer):
+    """``layer`` (an nn.Linear or 1x1 nn.Conv2d) on channels-last data (B, H, W, C), as a 1x1 convolution."""
+    weight = layer.weight if layer.weight.dim() == 4 else layer.weight[:, :, None, None]
+    return F.conv2d(x.permute(0, 3, 1, 2), weight, layer.bias).permute(0, 2, 3, 1)
+
+
 class Mlp(nn.Module):
     def __init__(self, dim, hidden_dim):
         super().__init__()
@@ -30,7 +36,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+        return pointwise(self.act(pointwise(x, self.fc1)), self.fc2)
 
 
 class FocalModulation(nn.Module):
@@ -63,7 +69,7 @@ class FocalModulation(nn.Module):
     def forward(self, x):
         """x: (B, H, W, C) -> (B, H, W, C)."""
         C, L = self.dim, self.focal_level
-        q, ctx, gates = torch.split(self.f(x), (C, C, L + 1), dim=-1)
+        q, ctx, gates = torch.split(pointwise(x, self.f), (C, C, L + 1), dim=-1)
         # channels-last NCHW views: the depthwise convs run on them without a layout copy
         ctx = ctx.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
         gates = gates.permute(0, 3, 1, 2)
@@ -76,12 +82,10 @@ class FocalModulation(nn.Module):
         ctx_all = ctx_all.add_(ctx_global * gates[:, L:])
         if self.normalize_modulator:
             ctx_all = ctx_all / (L + 1)
-        # h is a 1x1 conv (official name and shape); on channels-last data it is a matrix multiply
-        modulator = F.linear(ctx_all.permute(0, 2, 3, 1), self.h.weight.flatten(1), self.h.bias)
-        x_out = q * modulator
+        x_out = q * F.conv2d(ctx_all, self.h.weight, self.h.bias).permute(0, 2, 3, 1)
         if self.ln is not None:
             x_out = self.ln(x_out)
-        return self.proj(x_out)
+        return pointwise(x_out, self.proj)
 
 
 class FocalNetBlock(nn.Module):

@@ -1,0 +1,180 @@
+"""Multi-scale deformable attention (Zhu et al., Deformable DETR), in plain PyTorch.
+
+Each query looks at ``n_points`` places per head and feature level, around its reference point, and
+sums what it finds there (bilinear interpolation, zero outside the map) with softmax weights over
+levels x points. The sampling is ``F.grid_sample`` per level, so it runs on any device and trains by
+autograd. If the compiled CUDA op of the official code (the ``MultiScaleDeformableAttention``
+extension) is importable, it is used for CUDA tensors; it is never required.
+
+Parameter names are those of the official module: ``sampling_offsets``, ``attention_weights``,
+``value_proj``, ``output_proj``.
+"""
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+__all__ = ["MSDeformAttn", "ms_deform_attn_core_pytorch", "ms_deform_attn", "compiled_op_available"]
+
+logger = logging.getLogger(__name__)
+
+_COMPILED = "unset"
+
+
+def _compiled_op():
+    """The official compiled extension, or None (imported once, lazily)."""
+    global _COMPILED
+    if _COMPILED == "unset":
+        try:
+            import MultiScaleDeformableAttention as op  # noqa: N813  (built from the official sources)
+
+            _COMPILED = op
+            logger.info("multi-scale deformable attention: using the compiled CUDA op for CUDA tensors")
+        except ImportError:
+            _COMPILED = None
+    return _COMPILED
+
+
+def compiled_op_available():
+    return _compiled_op() is not None
+
+
+def ms_deform_attn_core_pytorch(value, spatial_shapes, sampling_locations, attention_weights):
+    """The attention itself.
+
+    Args:
+        value: (N, S, M, D) values of all levels, flattened level after level (S = sum H_l W_l).
+        spatial_shapes: (L, 2) long, (H_l, W_l) per level.
+        sampling_locations: (N, Lq, M, L, P, 2), (x, y) in [0, 1] of each level's map
+            (0 and 1 are the outer edges of the border pixels).
+        attention_weights: (N, Lq, M, L, P), weights of the samples.
+    Returns:
+        (N, Lq, M * D)
+    """
+    n, _, m, d = value.shape
+    _, lq, _, num_levels, p, _ = sampling_locations.shape
+    sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
+    grids = sampling_locations * 2 - 1  # grid_sample's [-1, 1]
+    out = value.new_zeros(n * m, d, lq)
+    for lvl, (v, (h, w)) in enumerate(zip(value.split(sizes, dim=1), spatial_shapes.tolist())):
+        # (N, H*W, M, D) -> (N*M, D, H, W)
+        v = v.permute(0, 2, 3, 1).reshape(n * m, d, int(h), int(w))
+        # (N, Lq, M, P, 2) -> (N*M, Lq, P, 2)
+        g = grids[:, :, :, lvl].transpose(1, 2).reshape(n * m, lq, p, 2)
+        sampled = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)  # (N*M, D, Lq, P)
+        wts = attention_weights[:, :, :, lvl].transpose(1, 2).reshape(n * m, 1, lq, p)
+        out = out + (sampled * wts).sum(-1)
+    return out.view(n, m * d, lq).transpose(1, 2).contiguous()
+
+
+class _CompiledMSDeformAttnFunction(torch.autograd.Function):
+    """Autograd wrapper of the official compiled op (forward/backward kernels)."""
+
+    @staticmethod
+    def forward(ctx, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step):
+        op = _compiled_op()
+        ctx.im2col_step = im2col_step
+        output = op.ms_deform_attn_forward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step
+        )
+        ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        return output
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        op = _compiled_op()
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
+        grad_value, grad_loc, grad_attn = op.ms_deform_attn_backward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+            grad_output.contiguous(), ctx.im2col_step,
+        )
+        return grad_value, None, None, grad_loc, grad_attn, None
+
+
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step=128):
+    """Dispatch: the compiled op for CUDA tensors when it is importable, else plain PyTorch."""
+    if value.is_cuda and _compiled_op() is not None:
+        return _CompiledMSDeformAttnFunction.apply(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step
+        )
+    return ms_deform_attn_core_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
+
+
+class MSDeformAttn(nn.Module):
+    """Multi-scale deformable attention module (``d_model`` split over ``n_heads``)."""
+
+    def __init__(self, d_model=256, n_levels=4, n_heads=8, n_points=4):
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.im2col_step = 128
+        self.d_model = d_model
+        self.n_levels = n_levels
+        self.n_heads = n_heads
+        self.n_points = n_points
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self._reset_parameters()
+
+    def _reset_parameters(self):
+        # offsets start as a star of head directions (on the square, not the circle), k-th point k steps out
+        nn.init.zeros_(self.sampling_offsets.weight)
+        angles = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
+        directions = torch.stack([angles.cos(), angles.sin()], -1)
+        directions = directions / directions.abs().max(-1, keepdim=True).values
+        steps = torch.arange(1, self.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        bias = directions.view(self.n_heads, 1, 1, 2) * steps  # (heads, 1, points, 2)
+        bias = bias.expand(self.n_heads, self.n_levels, self.n_points, 2)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(bias.reshape(-1))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.zeros_(self.value_proj.bias)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.zeros_(self.output_proj.bias)
+
+    def forward(self, query, reference_points, input_flatten, input_spatial_shapes, input_level_start_index,
+                input_padding_mask=None):
+        """
+        Args:
+            query: (N, Lq, C)
+            reference_points: (N, Lq, L, 2) normalised (x, y) in [0, 1], or (N, Lq, L, 4) boxes (cx, cy, w, h)
+            input_flatten: (N, S, C), all levels flattened
+            input_spatial_shapes: (L, 2) long, (H_l, W_l)
+            input_level_start_index: (L,) long, where each level starts in S
+            input_padding_mask: (N, S) bool, True at padding (its values are zeroed)
+        Returns:
+            (N, Lq, C)
+        """
+        n, lq, _ = query.shape
+        s = input_flatten.shape[1]
+        if int((input_spatial_shapes[:, 0] * input_spatial_shapes[:, 1]).sum()) != s:
+            raise ValueError("input_spatial_shapes do not add up to the length of input_flatten")
+        value = self.value_proj(input_flatten)
+        if input_padding_mask is not None:
+            value = value.masked_fill(input_padding_mask[..., None], 0.0)
+        value = value.view(n, s, self.n_heads, self.d_model // self.n_heads)
+        offsets = self.sampling_offsets(query).view(n, lq, self.n_heads, self.n_levels, self.n_points, 2)
+        weights = self.attention_weights(query).view(n, lq, self.n_heads, self.n_levels * self.n_points)
+        weights = weights.softmax(-1).view(n, lq, self.n_heads, self.n_levels, self.n_points)
+        if reference_points.shape[-1] == 2:
+            # offsets are in pixels of each level: normalise by (W_l, H_l)
+            normalizer = input_spatial_shapes.flip(-1).to(offsets.dtype)  # (L, 2) as (W, H)
+            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        elif reference_points.shape[-1] == 4:
+            locations = (
+                reference_points[:, :, None, :, None, :2]
+                + offsets / self.n_points * reference_points[:, :, None, :, None, 2:] * 0.5
+            )
+        else:
+            raise ValueError(f"reference_points must end in 2 or 4, got {reference_points.shape[-1]}")
+        output = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations, weights,
+                                self.im2col_step)
+        return self.output_proj(output)

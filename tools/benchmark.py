@@ -1,0 +1,216 @@
+#!/usr/bin/env python
+"""Cost of a model: parameters, FLOPs (fvcore), latency (median after warm-up) and peak memory.
+
+Modes (--modes): fp32, bf16 (autocast), compiled (torch.compile, fp32). Latency is the median of --runs
+timed runs after --warmup untimed ones; peak memory is the GPU's max allocated, or on the CPU the growth
+of the process's peak resident set during the timed runs.
+
+  # a whole model from its config, at the paper's input size (1280x800 detection, 2048x512 segmentation)
+  python tools/benchmark.py --config-file configs/COCO-InstanceSegmentation/mask_rcnn_focalnet_tiny_srf_1x.yaml
+  # the same next to Detectron2's own R50-FPN Mask R-CNN, timed alternately on the same input
+  python tools/benchmark.py --config-file CONFIG --compare-r50 --size 800 1216
+  # the backbone alone against timm's focalnet built with the same configuration (alternating runs)
+  python tools/benchmark.py --config-file CONFIG --backbone-only --size 640 960
+  # time per megapixel at several sizes (linear growth)
+  python tools/benchmark.py --config-file CONFIG --sizes 512 1024 2048
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+from tabulate import tabulate
+from tqdm import tqdm
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_backbone, build_model
+from detectron2.utils.analysis import FlopCountAnalysis
+
+import focalnet_det  # noqa: F401
+from focalnet_det import add_focalnet_config
+from focalnet_det.errors import UserError
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_cfg(config_file, opts=()):
+    cfg = get_cfg()
+    add_focalnet_config(cfg)
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise UserError(f"config file not found: {config_file}")
+        try:
+            cfg.merge_from_file(config_file)
+            cfg.merge_from_list(list(opts))
+        except (KeyError, ValueError, AssertionError) as e:
+            raise UserError(f"{config_file}: {e}".replace("\n", " ")) from None
+    cfg.MODEL.DEVICE = DEVICE
+    cfg.MODEL.WEIGHTS = ""
+    return cfg
+
+
+def paper_size(cfg, backbone_only):
+    """(H, W) the published FLOPs use: 224 for backbones, 800x1280 detection, 512x2048 segmentation."""
+    if backbone_only:
+        return 224, 224
+    return (512, 2048) if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN" else (800, 1280)
+
+
+def as_model_input(backbone_only, h, w):
+    image = torch.rand(3, h, w, device=DEVICE) * 255
+    return image[None] if backbone_only else [{"image": image, "height": h, "width": w}]
+
+
+def peak_rss_kib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+
+
+def reset_peak_memory():
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return 0
+    try:  # resets the peak resident set (Linux)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return peak_rss_kib()
+
+
+def peak_memory_mib(start):
+    if DEVICE == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return (peak_rss_kib() - start) / 1024
+
+
+def runner(model, inputs, mode):
+    """A no-argument callable running ``model`` once in ``mode``."""
+    if mode == "compiled":
+        model = torch.compile(model)
+
+    def run():
+        with torch.inference_mode(), torch.autocast(DEVICE, torch.bfloat16, enabled=mode == "bf16"):
+            out = model(inputs)
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    return run
+
+
+def time_alternating(runs, warmup, n, desc):
+    """Median seconds of each callable in ``runs`` (dict), timed alternately so load affects all alike."""
+    for fn in runs.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in runs}
+    for _ in tqdm(range(n), desc=desc, leave=False):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def count_flops(model, inputs):
+    model.eval()
+    with torch.no_grad():
+        analysis = FlopCountAnalysis(model, inputs)
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        return analysis.total() / 1e9
+
+
+def timm_backbone(cfg):
+    """timm's focalnet with the same configuration, as a feature extractor (NCHW reference layout)."""
+    from timm.models.focalnet import _create_focalnet
+
+    c = cfg.MODEL.FOCALNET
+    return _create_focalnet(
+        "focalnet_tiny_srf", pretrained=False, features_only=True, embed_dim=c.EMBED_DIM, depths=tuple(c.DEPTHS),
+        focal_levels=tuple(c.FOCAL_LEVELS), focal_windows=tuple(c.FOCAL_WINDOWS), use_overlap_down=c.USE_CONV_EMBED,
+        use_post_norm=c.USE_POSTLN, use_post_norm_in_modulation=c.USE_POSTLN_IN_MODULATION,
+        layerscale_value=c.LAYERSCALE_VALUE if c.USE_LAYERSCALE else None,
+        normalize_modulator=c.NORMALIZE_MODULATOR, drop_path_rate=0.0,
+    )
+
+
+def r50_fpn_mask_rcnn():
+    from detectron2 import model_zoo
+
+    cfg = get_cfg()
+    cfg.merge_from_file(model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"))
+    cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS = DEVICE, ""
+    return build_model(cfg).eval()
+
+
+def build(cfg, backbone_only):
+    if backbone_only:  # the bare FocalNet, without the FPN of a detection config
+        cfg = cfg.clone()
+        cfg.MODEL.BACKBONE.NAME = "build_focalnet_backbone"
+        return build_backbone(cfg).to(DEVICE).eval()
+    return build_model(cfg).to(DEVICE).eval()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default="", metavar="FILE")
+    parser.add_argument("--backbone-only", action="store_true", help="time the backbone against timm's focalnet")
+    parser.add_argument("--compare-r50", action="store_true", help="also time Detectron2's R50-FPN Mask R-CNN")
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: the paper's)")
+    parser.add_argument("--sizes", type=int, nargs="+", metavar="S", help="square sizes: time per megapixel")
+    parser.add_argument("--modes", nargs="+", default=["fp32"], choices=["fp32", "bf16", "compiled"])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    args = parser.parse_args(argv)
+
+    cfg = load_cfg(args.config_file, args.opts)
+    torch.manual_seed(0)
+    model = build(cfg, args.backbone_only)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    rows = []
+    if args.sizes:
+        for s in args.sizes:
+            x = as_model_input(args.backbone_only, s, s)
+            t = time_alternating({"ours": runner(model, x, args.modes[0])}, args.warmup, args.runs, f"{s}x{s}")["ours"]
+            mp = s * s / 1e6
+            rows.append({"input": f"{s}x{s}", "mode": args.modes[0], "ms": 1e3 * t, "ms_per_MP": 1e3 * t / mp})
+    else:
+        h, w = args.size or paper_size(cfg, args.backbone_only)
+        x = as_model_input(args.backbone_only, h, w)
+        gflops = None if args.no_flops else count_flops(model, x)
+        for mode in args.modes:
+            runs = {"focalnet_det": runner(model, x, mode)}
+            if args.backbone_only:
+                runs["timm"] = runner(timm_backbone(cfg).to(DEVICE).eval(), x, "fp32")
+            if args.compare_r50:
+                runs["R50-FPN (detectron2)"] = runner(r50_fpn_mask_rcnn(), x, "fp32")
+            start = reset_peak_memory()
+            times = time_alternating(runs, args.warmup, args.runs, mode)
+            peak = peak_memory_mib(start)
+            ours = times.pop("focalnet_det")
+            row = {"input": f"{h}x{w}", "mode": mode, "params_M": params, "GFLOPs": gflops, "ms": 1e3 * ours,
+                   "peak_MiB": peak}
+            for name, t in times.items():
+                row[f"{name} fp32 ms"] = 1e3 * t
+                row[f"ratio vs {name}"] = ours / t
+            rows.append(row)
+    print(tabulate(rows, headers="keys", floatfmt=".3g"))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": args.config_file, "device": DEVICE, "threads": torch.get_num_threads(),
+                       "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
