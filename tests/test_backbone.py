@@ -101,14 +101,36 @@ def test_fast_path_equals_reference_formulation(flags):
         assert (out[name] - ref[name]).abs().max().item() <= 1e-9, name
 
 
-def test_fast_path_equals_reference_in_fp32():
+@pytest.mark.parametrize("flags", list(FLAGS))
+def test_fused_fp32_inference_equals_reference(flags):
+    """fp32 inference takes the fused oneDNN path (conv + GELU in one call) where available."""
     torch.manual_seed(0)
-    model = FocalNet(96, (2, 2, 6, 2)).eval()
-    x = torch.randn(1, 3, 128, 160)
-    with torch.no_grad():
-        out, ref = model(x), reference_forward(model, x, (2, 2, 6, 2), (2, 2, 2, 2))
+    kw = FLAGS[flags]
+    depths, levels = (2, 2, 2, 1), (2, 3, 2, 4)
+    model = FocalNet(96, depths, focal_levels=levels, focal_windows=(9, 9, 7, 3), **kw).eval()
+    x = torch.randn(1, 3, 96, 160)
+    with torch.inference_mode():
+        out = model(x)
+        ref = reference_forward(
+            model, x, depths, levels, conv_embed=kw.get("use_conv_embed", False), postln=kw.get("use_postln", False),
+            layerscale=kw.get("use_layerscale", False), normalize=kw.get("normalize_modulator", False),
+            postln_in_mod=kw.get("use_postln_in_modulation", False),
+        )
     for name in ref:
         assert (out[name] - ref[name]).abs().max().item() <= 1e-5, name
+
+
+def test_bf16_autocast_is_close_to_fp32():
+    torch.manual_seed(0)
+    model = FocalNet(96, (2, 2, 2, 2)).eval()
+    x = torch.randn(1, 3, 128, 128)
+    with torch.inference_mode():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+    for name in ref:
+        rel = (out[name].float() - ref[name]).norm() / ref[name].norm()
+        assert rel < 0.03, (name, rel.item())
 
 
 def test_input_padding_equals_explicit_zero_padding():

@@ -22,10 +22,33 @@ from timm.layers import DropPath, trunc_normal_
 __all__ = ["FocalNet", "build_focalnet_backbone", "build_focalnet_fpn_backbone"]
 
 
-def pointwise(x, layer):
+# oneDNN convolution with a fused element-wise epilogue (what torch.compile emits on CPUs); optional
+_CONV_POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+
+
+def conv_gelu(x, weight, bias=None, padding=0, groups=1):
+    """``gelu(conv2d(x))``. In CPU inference a single oneDNN call applies the GELU while the output is
+    still in cache, instead of a second pass over memory."""
+    if (
+        _CONV_POINTWISE is not None
+        and x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and x.dtype in (torch.float32, torch.bfloat16)
+    ):
+        if torch.is_autocast_enabled("cpu"):  # a raw op is not autocast: cast as F.conv2d would
+            dtype = torch.get_autocast_dtype("cpu")
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+        return _CONV_POINTWISE(x, weight, bias, [padding] * 2, [1, 1], [1, 1], groups, "gelu", [None], "none")
+    return F.gelu(F.conv2d(x, weight, bias, padding=padding, groups=groups))
+
+
+def pointwise(x, layer, gelu=False):
     """``layer`` (an nn.Linear or 1x1 nn.Conv2d) on channels-last data (B, H, W, C), as a 1x1 convolution."""
     weight = layer.weight if layer.weight.dim() == 4 else layer.weight[:, :, None, None]
-    return F.conv2d(x.permute(0, 3, 1, 2), weight, layer.bias).permute(0, 2, 3, 1)
+    x = x.permute(0, 3, 1, 2)
+    y = conv_gelu(x, weight, layer.bias) if gelu else F.conv2d(x, weight, layer.bias)
+    return y.permute(0, 2, 3, 1)
 
 
 class Mlp(nn.Module):
@@ -36,7 +59,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x):
-        return pointwise(self.act(pointwise(x, self.fc1)), self.fc2)
+        return pointwise(pointwise(x, self.fc1, gelu=True), self.fc2)
 
 
 class FocalModulation(nn.Module):
@@ -75,7 +98,8 @@ class FocalModulation(nn.Module):
         gates = gates.permute(0, 3, 1, 2)
         ctx_all = None
         for level, layer in enumerate(self.focal_layers):
-            ctx = layer(ctx)
+            conv = layer[0]  # Sequential(depthwise conv, GELU): official names, fused call
+            ctx = conv_gelu(ctx, conv.weight, None, padding=conv.padding[0], groups=conv.groups)
             term = ctx * gates[:, level : level + 1]
             ctx_all = term if ctx_all is None else ctx_all.add_(term)
         ctx_global = self.act(ctx.mean((2, 3), keepdim=True))
@@ -208,7 +232,8 @@ class FocalNet(Backbone):
         self._out_features = list(out_features)
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, use_conv_embed, is_stem=True)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)  # stochastic depth rises linearly over all blocks
+        dpr = [drop_path_rate * j / max(total - 1, 1) for j in range(total)]
         self.layers = nn.ModuleList()
         for i in range(num_stages):
             start = sum(depths[:i])
