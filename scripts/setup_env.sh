@@ -45,4 +45,12 @@ have "import focalnet_det, timm, fvcore, pycocotools, pytest" || {
   echo "[setup] installing focalnet_det (editable) and its requirements"
   $PIP install -e '.[dev]'
 }
+
+# panopticapi (PQ evaluation, panoptic PNG ids): on PyPI only as panopticapi-lite 0.2.0, whose metadata pins
+# numpy<2 although it imports and computes PQ correctly with numpy 2.x (seen here). --no-deps keeps numpy 2
+# for the rest of the environment; setup.py cannot say --no-deps, hence this line.
+have "import panopticapi.evaluation, panopticapi.utils" || {
+  echo "[setup] installing panopticapi-lite 0.2.0 (--no-deps: it pins numpy<2 but works with numpy 2)"
+  $PIP install --no-deps panopticapi-lite==0.2.0
+}
 echo "[setup] ready: $("$VENV/bin/python" -c 'import torch, detectron2; print("torch", torch.__version__, "| detectron2", detectron2.__version__)')"

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import pytest
 
 from focalnet_det.data.tiny_shapes import generate_tiny_shapes
@@ -30,19 +31,27 @@ def inputs(tmp_path):
     bad = tmp_path / "images" / "not_an_image.jpg"
     bad.parent.mkdir()
     bad.write_text("this is text, not a JPEG\n")
-    return [str(root / "val" / "000000.png"), str(root / "val" / "000001.png"), str(bad)]
+    clip = tmp_path / "images" / "clip.mp4"  # 3 frames
+    video = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 5, (64, 64))
+    for i in range(3):
+        video.write(cv2.imread(str(root / "val" / f"00000{i % 2}.png")))
+    video.release()
+    return [str(root / "val" / "000000.png"), str(root / "val" / "000001.png"), str(bad), str(clip)]
 
 
 @pytest.mark.skipif(not CONFIG.is_file(), reason="configs/Tiny config missing")
 def test_demo_draws_good_images_and_skips_bad_ones(tmp_path, inputs):
     out = tmp_path / "out"
-    # trailing KEY VALUE overrides after --input, plus --opts: both reach the config
+    # KEY VALUE overrides right after the --input paths, and after --opts: both reach the config
     r = run_demo(["--config-file", str(CONFIG), "--output", str(out), "--confidence-threshold", "0.0",
-                  "--opts", *SHRINK[:4], "--input", *inputs, *SHRINK[4:]], tmp_path)
+                  "--input", *inputs, *SHRINK[4:], "--opts", *SHRINK[:4]], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Traceback" not in r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png", "clip.mp4"]
     assert all(p.stat().st_size > 0 for p in out.iterdir())
+    assert cv2.imread(str(out / "000000.png")).shape == (64, 64, 3)
+    drawn = cv2.VideoCapture(str(out / "clip.mp4"))
+    assert drawn.get(cv2.CAP_PROP_FRAME_COUNT) == 3
     skipped = [line for line in r.stderr.splitlines() if "not_an_image.jpg" in line]
     assert len(skipped) == 1 and "skipped" in skipped[0]
     assert not (tmp_path / "cache").exists()  # drawing needs the class names, not the dataset
@@ -50,6 +59,7 @@ def test_demo_draws_good_images_and_skips_bad_ones(tmp_path, inputs):
 
 @pytest.mark.skipif(not CONFIG.is_file(), reason="configs/Tiny config missing")
 def test_demo_with_no_readable_input_exits_2(tmp_path, inputs):
+    # trailing overrides after the last option
     r = run_demo(["--config-file", str(CONFIG), "--input", inputs[2], "--output", str(tmp_path / "o"), *SHRINK], tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("demo.py: error:")

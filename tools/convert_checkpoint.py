@@ -23,6 +23,7 @@ from focalnet_det.checkpoint import (  # noqa: E402
     read_checkpoint,
     to_official_backbone,
 )
+from focalnet_det.checkpoint.mmseg import is_mmseg_upernet, mmseg_upernet_to_detectron2  # noqa: E402
 from focalnet_det.errors import UserError  # noqa: E402
 
 logger = logging.getLogger("convert_checkpoint")
@@ -34,7 +35,9 @@ Input formats, detected from the keys (not from the file name):
   timm         a timm FocalNet state dict, .safetensors or .pth (stem.*, downsample at stage start, 1x1-conv
                linears); renamed to the official layout
   mmdet/mmseg  an official FocalNet detection/segmentation checkpoint ("state_dict" with backbone.* and
-               heads); the backbone part is kept
+               heads); the backbone part is kept, except for a released mmseg UPerNet (decode_head.*,
+               auxiliary_head.*), which is converted whole for configs/ADE20K-SemanticSegmentation:
+               backbone.*, sem_seg_head.*, sem_seg_head.auxiliary_head.* (--prefix does not apply)
   detectron2   a Detectron2 checkpoint ({"model": ...}) holding a FocalNet (e.g. backbone.bottom_up.*);
                the backbone part is kept
 
@@ -72,13 +75,18 @@ def get_parser():
 
 
 def convert(input_path, focal_windows=None, focal_levels=None):
-    """Read ``input_path`` and return ``(official-layout backbone state dict, detected format)``."""
+    """Read ``input_path`` and return ``(official-layout backbone state dict, detected format)``; for a released
+    mmseg UPerNet ``(the whole model's state dict under this project's keys, "mmseg-upernet")``."""
     state_dict, wrapper = find_state_dict(read_checkpoint(input_path))
     if state_dict is None:
         raise UserError(f"no state dict found in {input_path}")
     fmt = detect_format(state_dict, wrapper)
     if fmt == "unknown":
         raise UserError(f"{input_path} is not a FocalNet checkpoint; its keys: {describe_keys(state_dict)}")
+    if fmt == "mm" and is_mmseg_upernet(state_dict):  # the whole model, under this project's keys
+        if focal_windows or focal_levels:
+            raise UserError("--focal-windows/--focal-levels apply to backbones, not to a whole mmseg UPerNet checkpoint")
+        return mmseg_upernet_to_detectron2(state_dict), "mmseg-upernet"
     try:
         backbone = to_official_backbone(state_dict, fmt)
     except UserError as e:
@@ -94,7 +102,8 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
         backbone, fmt = convert(args.input, args.focal_windows, args.focal_levels)
-        model = {args.prefix + k: v.contiguous() for k, v in backbone.items()}
+        prefix = "" if fmt == "mmseg-upernet" else args.prefix
+        model = {prefix + k: v.contiguous() for k, v in backbone.items()}
         out = {"model": model, "__author__": "focalnet_det", "matching_heuristics": False}
         try:
             if args.output.endswith(".pkl"):
@@ -109,7 +118,7 @@ def main(argv=None):
         return 2
     n = sum(v.numel() for v in model.values())
     logger.info(f"{args.input} ({fmt}) -> {args.output}: {len(model)} tensors, {n / 1e6:.2f} M parameters, "
-                f"prefix '{args.prefix}'")
+                f"prefix '{prefix}'")
     return 0
 
 

@@ -28,7 +28,8 @@ from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.engine import DefaultPredictor  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
-from detectron2.utils.visualizer import ColorMode, Visualizer, VideoVisualizer  # noqa: E402
+from detectron2.utils.video_visualizer import VideoVisualizer  # noqa: E402
+from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 
 from focalnet_det import add_focalnet_config  # noqa: E402
 from focalnet_det.errors import UserError  # noqa: E402
@@ -75,7 +76,7 @@ def setup_cfg(args, opts):
         cfg.merge_from_list(opts)
     except (KeyError, ValueError, AssertionError, TypeError, OSError, yaml.YAMLError) as e:
         msg = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
-        raise UserError(f"bad configuration ({args.config_file}, overrides {opts}): {msg}") from None
+        raise UserError(f"{args.config_file}: {msg}") from None
     thr = args.confidence_threshold
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = thr
     cfg.MODEL.RETINANET.SCORE_THRESH_TEST = thr
@@ -164,32 +165,38 @@ def process_image(predictor, metadata, path, out_path, threshold):
 
 def process_video(predictor, metadata, path, out_path, threshold):
     video = cv2.VideoCapture(path)
-    if not video.isOpened() or int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 0:
+    if not video.isOpened():
         raise OSError("not a readable video")
     fps = video.get(cv2.CAP_PROP_FPS) or 25
-    w, h = int(video.get(cv2.CAP_PROP_FRAME_WIDTH)), int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
-    writer = cv2.VideoWriter(out_path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    size = int(video.get(cv2.CAP_PROP_FRAME_WIDTH)), int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    writer = cv2.VideoWriter(out_path, cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
     visualizer = VideoVisualizer(metadata, ColorMode.IMAGE)
-    total = int(video.get(cv2.CAP_PROP_FRAME_COUNT))
+    frames = 0
     try:
-        for _ in tqdm.tqdm(range(total), desc=os.path.basename(path), leave=False):
-            ok, frame = video.read()
-            if not ok:
-                break
-            vis = draw(visualizer, predictor(frame), threshold, frame=frame[:, :, ::-1])
-            writer.write(vis.get_image()[:, :, ::-1])
+        with tqdm.tqdm(total=int(video.get(cv2.CAP_PROP_FRAME_COUNT)) or None, desc=os.path.basename(path),
+                       leave=False) as bar:
+            while True:
+                ok, frame = video.read()
+                if not ok:
+                    break
+                vis = draw(visualizer, predictor(frame), threshold, frame=frame[:, :, ::-1])
+                writer.write(vis.get_image()[:, :, ::-1])
+                frames += 1
+                bar.update()
     finally:
         video.release()
         writer.release()
+    if not frames:
+        os.remove(out_path)
+        raise OSError("no frame could be read")
 
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    opts = split_overrides(args)
-    cfg = setup_cfg(args, opts)
     setup_logger(name="fvcore")
     setup_logger(name="focalnet_det")
     setup_logger()
+    cfg = setup_cfg(args, split_overrides(args))
     paths = expand_inputs(args.input)
     if not paths:
         raise UserError(f"no input images found in {args.input}")

@@ -30,6 +30,17 @@ from focalnet_det.data.augmentation import build_detection_augmentation
 from focalnet_det.errors import UserError
 from focalnet_det.solver import build_optimizer
 
+# semantic segmentation (UPerNet): evaluator, ADE20K training pipeline, poly schedule, multi-scale test
+from detectron2.engine import hooks
+from detectron2.projects.deeplab import build_lr_scheduler as build_lr_scheduler_with_poly
+from focalnet_det.data.sem_seg import SemSegDatasetMapper, build_sem_seg_evaluator
+from focalnet_det.modeling.test_time_augmentation import SemanticSegmentorWithTTA
+
+# Mask2Former: training mapper by INPUT.DATASET_MAPPER_NAME, evaluators by evaluator_type, its optimizer
+from focalnet_det.data.dataset_mappers import MASKFORMER_MAPPERS, build_maskformer_train_mapper
+from focalnet_det.evaluation import build_maskformer_evaluators
+from focalnet_det.maskformer_solver import build_maskformer_optimizer
+
 logger = logging.getLogger("focalnet_det")
 
 
@@ -51,12 +62,24 @@ class Trainer(DefaultTrainer):
         if evaluator_type == "coco":
             # the fast (compiled) COCO eval is not available with every Detectron2 install
             evaluators.append(COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False))
+        if evaluator_type == "sem_seg" and cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor":
+            evaluators.append(build_sem_seg_evaluator(dataset_name, output_dir=output_folder))
+        if cfg.MODEL.META_ARCHITECTURE == "MaskFormer":  # PQ / mask AP / mIoU as MODEL.MASK_FORMER.TEST says
+            evaluators = build_maskformer_evaluators(cfg, dataset_name, output_folder)
         if not evaluators:
             raise UserError(f"no evaluator for dataset {dataset_name!r} (evaluator_type {evaluator_type!r})")
         return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 
     @classmethod
     def build_train_loader(cls, cfg):
+        if cfg.MODEL.META_ARCHITECTURE == "MaskFormer":
+            mapper = build_maskformer_train_mapper(cfg)
+            if mapper is None:
+                raise UserError(f"INPUT.DATASET_MAPPER_NAME: unknown {cfg.INPUT.DATASET_MAPPER_NAME!r} for "
+                                f"MaskFormer (choose from {sorted(MASKFORMER_MAPPERS)})")
+            return build_detection_train_loader(cfg, mapper=mapper)
+        if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor":  # UPerNet: mmseg's ADE20K pipeline
+            return build_detection_train_loader(cfg, mapper=SemSegDatasetMapper(cfg, is_train=True))
         mapper = DatasetMapper(cfg, is_train=True, augmentations=build_detection_augmentation(cfg, True))
         return build_detection_train_loader(cfg, mapper=mapper)
 
@@ -67,7 +90,28 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
+        if cfg.MODEL.META_ARCHITECTURE == "MaskFormer":  # backbone lr multiplier, full-model clipping
+            return build_maskformer_optimizer(cfg, model)
         return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        # Detectron2's schedules plus "WarmupPolyLR" (DeepLab project), the semantic-segmentation recipes'
+        return build_lr_scheduler_with_poly(cfg, optimizer)
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """Multi-scale + flip test (TEST.AUG): results under "<task>_MS" (e.g. sem_seg_MS)."""
+        if cfg.MODEL.META_ARCHITECTURE != "SemanticSegmentor":
+            raise UserError(f"TEST.AUG.ENABLED: test-time augmentation is implemented for semantic segmentation "
+                            f"(SemanticSegmentor), not for {cfg.MODEL.META_ARCHITECTURE}")
+        logger.info("Running inference with test-time augmentation (multi-scale, flip) ...")
+        evaluators = [
+            cls.build_evaluator(cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_MS"))
+            for name in cfg.DATASETS.TEST
+        ]
+        res = cls.test(cfg, SemanticSegmentorWithTTA(cfg, model), evaluators)
+        return {k + "_MS": v for k, v in res.items()}
 
 
 def setup(args):
@@ -97,11 +141,15 @@ def main(args):
         model = Trainer.build_model(cfg)
         FocalNetCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            res.update(Trainer.test_with_TTA(cfg, model))
         if comm.is_main_process():
             verify_results(cfg, res)
         return res
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
+    if cfg.TEST.AUG.ENABLED:
+        trainer.register_hooks([hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))])
     return trainer.train()
 
 
