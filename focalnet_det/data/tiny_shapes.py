@@ -44,7 +44,9 @@ __all__ = [
 GENERATOR_VERSION = 1
 TINY_SHAPES_CLASSES = ("circle", "square", "triangle")
 # What the registered datasets are generated with (bump GENERATOR_VERSION when drawing changes).
-TINY_SHAPES_DEFAULTS = dict(num_train=300, num_val=50, seed=0, image_size=160, max_objects=5, min_size=18, max_size=56)
+TINY_SHAPES_DEFAULTS = dict(
+    num_train=300, num_val=50, seed=0, image_size=160, max_objects=5, min_size=18, max_size=56, min_visible=0.5
+)
 SPLITS = {"tiny_shapes_train": "train", "tiny_shapes_val": "val"}
 
 
@@ -76,7 +78,7 @@ def _shape_mask(rng, cls, size, image_size):
     return mask
 
 
-def _make_image(rng, image_size, max_objects, min_size, max_size):
+def _make_image(rng, image_size, max_objects, min_size, max_size, min_visible):
     """Returns an HxWx3 uint8 BGR image and a list of (class index, visible mask)."""
     img = _background(rng, image_size)
     owner = np.full((image_size, image_size), -1, np.int32)  # which object each pixel shows
@@ -87,7 +89,7 @@ def _make_image(rng, image_size, max_objects, min_size, max_size):
             mask = _shape_mask(rng, TINY_SHAPES_CLASSES[cls], rng.uniform(min_size, max_size), image_size).astype(bool)
             hidden = np.bincount(owner[mask & (owner >= 0)], minlength=len(objects))
             visible = np.bincount(owner[owner >= 0], minlength=len(objects)) - hidden
-            if all(v >= 0.5 * area for v, (_, area) in zip(visible, objects)):
+            if all(v >= min_visible * area for v, (_, area) in zip(visible, objects)):
                 break
         else:
             continue
@@ -102,15 +104,15 @@ def _make_image(rng, image_size, max_objects, min_size, max_size):
     return img, [(cls, owner == k) for k, (cls, _) in enumerate(objects)]
 
 
-def _write_split(root, split, num_images, seed, image_size, max_objects, min_size, max_size):
+def _write_split(root, split, num_images, seed, **params):
     os.makedirs(root / split, exist_ok=True)
     images, annotations = [], []
     for i in range(num_images):
         rng = np.random.default_rng([seed, 0 if split == "train" else 1, i])
-        img, objects = _make_image(rng, image_size, max_objects, min_size, max_size)
+        img, objects = _make_image(rng, **params)
         file_name = f"{i:06d}.png"
         cv2.imwrite(str(root / split / file_name), img)
-        images.append({"id": i + 1, "file_name": file_name, "height": image_size, "width": image_size})
+        images.append({"id": i + 1, "file_name": file_name, "height": img.shape[0], "width": img.shape[1]})
         for cls, mask in objects:
             rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
             rle["counts"] = rle["counts"].decode("ascii")
@@ -136,17 +138,23 @@ def _write_split(root, split, num_images, seed, image_size, max_objects, min_siz
 
 
 def generate_tiny_shapes(output_dir, num_train=300, num_val=50, seed=0, image_size=160, max_objects=5,
-                         min_size=18, max_size=56):
-    """Write the dataset (both splits) under ``output_dir``; returns it as a ``Path``."""
+                         min_size=18, max_size=56, min_visible=0.5):
+    """Write the dataset (both splits) under ``output_dir``; returns it as a ``Path``.
+
+    Images are ``image_size`` px squares with 1..``max_objects`` shapes of ``min_size``..``max_size`` px;
+    a shape is placed only where every earlier one keeps ``min_visible`` of its area visible."""
     if num_train < 0 or num_val < 0 or num_train + num_val == 0:
         raise UserError(f"need a positive number of images (num_train={num_train}, num_val={num_val})")
     if max_objects < 1:
         raise UserError(f"max_objects must be >= 1, got {max_objects}")
+    if not 0 <= min_visible <= 1:
+        raise UserError(f"min_visible must be in [0, 1], got {min_visible}")
     if not 2 <= min_size <= max_size <= image_size:
         raise UserError(f"need 2 <= min_size <= max_size <= image_size, got {min_size}, {max_size}, {image_size}")
     root = Path(output_dir)
     for split, n in (("train", num_train), ("val", num_val)):
-        _write_split(root, split, n, seed, image_size, max_objects, min_size, max_size)
+        _write_split(root, split, n, seed, image_size=image_size, max_objects=max_objects, min_size=min_size,
+                     max_size=max_size, min_visible=min_visible)
     return root
 
 
