@@ -17,29 +17,24 @@ import weakref
 
 import torch
 
+import focalnet_det  # noqa: F401  (first: registers everything and quiets fvcore's import warning)
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
 from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, verify_results
+from detectron2.projects.deeplab import build_lr_scheduler as build_lr_scheduler_with_poly
 
-import focalnet_det  # noqa: F401  (registers backbones and datasets)
 from focalnet_det import add_focalnet_config
 from focalnet_det.checkpoint import FocalNetCheckpointer
 from focalnet_det.data.augmentation import build_detection_augmentation
-from focalnet_det.errors import UserError
-from focalnet_det.solver import build_optimizer
-
-# semantic segmentation (UPerNet): evaluator, ADE20K training pipeline, poly schedule, multi-scale test
-from detectron2.engine import hooks
-from detectron2.projects.deeplab import build_lr_scheduler as build_lr_scheduler_with_poly
-from focalnet_det.data.sem_seg import SemSegDatasetMapper, build_sem_seg_evaluator
-from focalnet_det.modeling.test_time_augmentation import SemanticSegmentorWithTTA
-
-# Mask2Former: training mapper by INPUT.DATASET_MAPPER_NAME, evaluators by evaluator_type, its optimizer
 from focalnet_det.data.dataset_mappers import MASKFORMER_MAPPERS, build_maskformer_train_mapper
+from focalnet_det.data.sem_seg import SemSegDatasetMapper, build_sem_seg_evaluator
+from focalnet_det.errors import UserError
 from focalnet_det.evaluation import build_maskformer_evaluators
 from focalnet_det.maskformer_solver import build_maskformer_optimizer
+from focalnet_det.modeling.test_time_augmentation import SemanticSegmentorWithTTA
+from focalnet_det.solver import build_optimizer
 
 logger = logging.getLogger("focalnet_det")
 
