@@ -306,12 +306,18 @@ def test_train_mapper_crops_flips_and_pads_to_crop_size():
     assert names == ["ResizeScaleRatio", "RandomCrop_CategoryAreaConstraint", "RandomFlip", "PhotometricDistortion"]
     d = DatasetCatalog.get("tiny_shapes_sem_seg_train")[0]
     np.random.seed(1)
-    for _ in range(5):  # the 160 px image becomes 40-160 px (ratio 0.5-2 of 512 short side, then 2048 long... capped
+    for _ in range(5):  # a 160 px image resized to 256-1024 px, cropped to 192 px
         out = mapper(d)
         assert out["image"].shape == (3, 192, 192) and out["image"].dtype == torch.uint8
         assert out["sem_seg"].shape == (192, 192) and out["sem_seg"].dtype == torch.int64
         labels = set(out["sem_seg"].unique().tolist())
-        assert labels <= {0, 1, 2, 3, 255}
+        assert labels <= {0, 1, 2, 3, 4, 255}
+    # crops larger than the resized image: padded with the pixel mean (0 once normalised) and the ignore label
+    big = SemSegDatasetMapper(make_cfg(os.path.join(ADE, "upernet_focalnet_tiny_srf_160k.yaml"),
+                                       ["INPUT.CROP.SIZE", "(1100, 1100)"]), is_train=True)
+    out = big(d)
+    assert out["image"].shape == (3, 1100, 1100) and out["sem_seg"].shape == (1100, 1100)
+    assert out["image"][:, -1, -1].tolist() == [124, 116, 104] and out["sem_seg"][-1, -1] == 255
     test = SemSegDatasetMapper(cfg, is_train=False)(d)
     assert "sem_seg" not in test and test["image"].shape == (3, 512, 512)
 
@@ -362,10 +368,100 @@ def test_prepare_ade20k_shifts_labels(tmp_path, monkeypatch):
 
 
 def test_tiny_semantic_dataset_is_registered():
+    """The semantic view of tiny_shapes_panoptic: same images, same labels, evaluated by SemSegEvaluator."""
     meta = MetadataCatalog.get("tiny_shapes_sem_seg_val")
     assert meta.evaluator_type == "sem_seg" and meta.ignore_label == 255
-    assert meta.stuff_classes == ["background", "circle", "square", "triangle"]
-    d = DatasetCatalog.get("tiny_shapes_sem_seg_train")
-    assert len(d) == 300 and os.path.isfile(d[0]["sem_seg_file_name"])
-    label = cv2.imread(d[0]["sem_seg_file_name"], cv2.IMREAD_UNCHANGED)
-    assert label.shape == (160, 160) and set(np.unique(label)) <= {0, 1, 2, 3}
+    assert meta.stuff_classes == ["circle", "square", "triangle", "dark background", "light background"]
+    assert len(meta.stuff_colors) == 5
+    for split in ("train", "val"):
+        sem = DatasetCatalog.get(f"tiny_shapes_sem_seg_{split}")
+        pan = DatasetCatalog.get(f"tiny_shapes_panoptic_{split}")
+        assert [(d["file_name"], d["sem_seg_file_name"]) for d in sem] == \
+            [(d["file_name"], d["sem_seg_file_name"]) for d in pan]
+    label = cv2.imread(sem[0]["sem_seg_file_name"], cv2.IMREAD_UNCHANGED)
+    assert label.shape == (160, 160) and set(np.unique(label)) <= {0, 1, 2, 3, 4}
+
+
+# --------------------------------------------------------------------------------------------------
+# a short training run
+
+
+def evaluate(cfg, model, dataset):
+    import train_net
+    from detectron2.evaluation import inference_on_dataset
+
+    loader = train_net.Trainer.build_test_loader(cfg, dataset)
+    return inference_on_dataset(model, loader, build_sem_seg_evaluator(dataset, distributed=False))["sem_seg"]
+
+
+def test_short_training_run_beats_chance():
+    """The tiny config's model and pipeline (Trainer's mapper, optimizer, poly schedule, evaluator) on a short
+    schedule, single-threaded and seeded: mIoU on tiny_shapes_sem_seg_val against always predicting the most
+    frequent class (the best image-blind guess)."""
+    import random
+
+    import train_net
+
+    iters = 320
+    cfg = make_cfg(TINY, ["SOLVER.MAX_ITER", str(iters), "DATALOADER.NUM_WORKERS", "0"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small ops on a busy machine: one thread is much faster
+    try:
+        random.seed(0), np.random.seed(0), torch.manual_seed(0)
+        model = build_model(cfg)
+        opt = train_net.Trainer.build_optimizer(cfg, model)
+        sched = train_net.Trainer.build_lr_scheduler(cfg, opt)
+        loader = iter(train_net.Trainer.build_train_loader(cfg))
+        start = time.time()
+        model.train()
+        for _ in range(iters):
+            losses = model(next(loader))
+            opt.zero_grad()
+            sum(losses.values()).backward()
+            opt.step()
+            sched.step()
+        train_time = time.time() - start
+        model.eval()
+        with torch.no_grad():
+            res = evaluate(cfg, model, "tiny_shapes_sem_seg_val")
+    finally:
+        torch.set_num_threads(threads)
+
+    dataset = DatasetCatalog.get("tiny_shapes_sem_seg_val")
+    counts = sum(np.bincount(cv2.imread(d["sem_seg_file_name"], cv2.IMREAD_UNCHANGED).ravel(), minlength=256)
+                 for d in dataset)
+    majority = int(counts[:255].argmax())
+
+    class Constant(torch.nn.Module):
+        def forward(self, inputs):
+            return [{"sem_seg": torch.nn.functional.one_hot(torch.full((x["height"], x["width"]), majority), 5)
+                     .permute(2, 0, 1).float()} for x in inputs]
+
+    chance = evaluate(cfg, Constant(), "tiny_shapes_sem_seg_val")
+    classes = MetadataCatalog.get("tiny_shapes_sem_seg_val").stuff_classes
+    print(f"\ntiny UPerNet, {iters} iterations in {train_time:.0f} s: mIoU {res['mIoU']:.1f} "
+          f"(always {classes[majority]!r}: {chance['mIoU']:.1f}); IoU {[round(res['IoU-' + c], 1) for c in classes]}")
+    assert chance["mIoU"] < 12
+    assert res["mIoU"] > 2.5 * chance["mIoU"]
+    assert min(res["IoU-" + c] for c in classes[3:]) > 75  # both background kinds
+    assert max(res["IoU-" + c] for c in classes[:3]) > 10  # shapes found
+
+
+def test_train_net_trains_and_evaluates_single_and_multi_scale(tmp_path):
+    """tools/train_net.py on the tiny config (a few iterations): semantic mapper, poly schedule, SemSegEvaluator,
+    and with TEST.AUG.ENABLED the multi-scale + flip result under sem_seg_MS."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "tools/train_net.py", "--config-file", TINY, "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2",
+         "TEST.AUG.RATIOS", "[1.0, 1.25]", "OUTPUT_DIR", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "WarmupPolyLR" in (tmp_path / "config.yaml").read_text()
+    assert log.count("copypaste: Task: sem_seg") == 2  # single-scale, then multi-scale + flip
+    assert (tmp_path / "inference" / "sem_seg_predictions.json").is_file()
+    assert (tmp_path / "inference_MS" / "sem_seg_predictions.json").is_file()

@@ -7,22 +7,16 @@ ratio of a (long, short) scale (``ResizeScaleRatio``), random crop in which no c
 photometric distortion (``PhotometricDistortion``), then padding to the crop size (image with the pixel mean,
 i.e. 0 after normalisation as mmseg pads; label with the ignore value).
 
-``tiny_shapes_sem_seg_{train,val}`` (registered on ``import focalnet_det``): the built-in ``tiny_shapes``
-images with per-pixel labels made from their (visible, disjoint) instance masks: 0 background, 1 circle,
-2 square, 3 triangle. The label PNGs are written on first use next to the shapes data.
+``tiny_shapes_sem_seg_{train,val}`` (registered on ``import focalnet_det``): the semantic view of the built-in
+tiny panoptic dataset ``tiny_shapes_panoptic_{train,val}`` (the ``tiny_shapes`` images; classes circle, square,
+triangle, dark background, light background), as ADE20K's semantic and panoptic tasks share their images.
+Its files are written on first use, by the panoptic dataset's code.
 """
 import copy
-import json
-import os
-import shutil
-import tempfile
-from collections import defaultdict
 from functools import partial
-from pathlib import Path
 
 import cv2
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 from PIL import Image
 
@@ -35,16 +29,11 @@ from detectron2.data.datasets import load_sem_seg
 from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils.file_io import PathManager
 
-from .tiny_shapes import TINY_SHAPES_CLASSES, ensure_tiny_shapes, tiny_shapes_root
-
 __all__ = [
     "ResizeScaleRatio",
     "PhotometricDistortion",
     "build_sem_seg_augmentation",
     "SemSegDatasetMapper",
-    "TINY_SHAPES_SEM_SEG_CLASSES",
-    "instances_to_sem_seg",
-    "ensure_tiny_shapes_sem_seg",
     "register_tiny_shapes_sem_seg",
     "read_sem_seg_gt",
     "build_sem_seg_evaluator",
@@ -220,64 +209,31 @@ class SemSegDatasetMapper:
 # --------------------------------------------------------------------------------------------------
 # the built-in tiny semantic dataset
 
-TINY_SHAPES_SEM_SEG_CLASSES = ("background",) + tuple(TINY_SHAPES_CLASSES)
-TINY_SHAPES_SEM_SEG_COLORS = [(40, 40, 40), (230, 60, 60), (60, 200, 60), (60, 90, 230)]
-SEM_SEG_SPLITS = {"tiny_shapes_sem_seg_train": "train", "tiny_shapes_sem_seg_val": "val"}
-
-
-def instances_to_sem_seg(json_file, output_dir):
-    """Write one label PNG per image of a COCO instance file whose masks do not overlap (``tiny_shapes``):
-    0 for unannotated pixels, 1 + the category's rank among the sorted category ids elsewhere."""
-    with open(json_file) as f:
-        coco = json.load(f)
-    label_of = {c["id"]: i + 1 for i, c in enumerate(sorted(coco["categories"], key=lambda c: c["id"]))}
-    by_image = defaultdict(list)
-    for ann in coco["annotations"]:
-        by_image[ann["image_id"]].append(ann)
-    os.makedirs(output_dir, exist_ok=True)
-    for img in coco["images"]:
-        label = np.zeros((img["height"], img["width"]), np.uint8)
-        for ann in by_image[img["id"]]:
-            label[mask_util.decode(ann["segmentation"]).astype(bool)] = label_of[ann["category_id"]]
-        name = os.path.splitext(img["file_name"])[0] + ".png"
-        cv2.imwrite(os.path.join(output_dir, name), label)
-
-
-def _sem_seg_root():
-    root = tiny_shapes_root()
-    return root.parent / (root.name + "_sem_seg")
-
-
-def ensure_tiny_shapes_sem_seg():
-    """The label folder of the tiny semantic dataset (``train/``, ``val/``), written if missing (atomically,
-    so concurrent processes are safe); generates the shapes data first if needed."""
-    root = _sem_seg_root()
-    if (root / "val").is_dir():
-        return root
-    shapes = ensure_tiny_shapes()
-    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp", dir=root.parent))
-    try:
-        for split in ("train", "val"):
-            instances_to_sem_seg(shapes / "annotations" / f"instances_{split}.json", tmp / split)
-        os.rename(tmp, root)
-    except OSError:
-        if not root.is_dir():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+# each split is the semantic view of a split of the tiny panoptic dataset (same images, same labels)
+SEM_SEG_SPLITS = {"tiny_shapes_sem_seg_train": "tiny_shapes_panoptic_train", "tiny_shapes_sem_seg_val": "tiny_shapes_panoptic_val"}
 
 
 class _TinySemSegMetadata(Metadata):
-    """Metadata whose ``image_root`` / ``sem_seg_root`` generate the data on first access."""
+    """Classes, colours and folders of the panoptic split it views; reading a folder generates the data."""
+
+    def _panoptic(self):
+        return MetadataCatalog.get(SEM_SEG_SPLITS[self.name])
+
+    @property
+    def stuff_classes(self):
+        return list(self._panoptic().stuff_classes)
+
+    @property
+    def stuff_colors(self):
+        return list(self._panoptic().stuff_colors)
 
     @property
     def image_root(self):
-        return str(ensure_tiny_shapes() / SEM_SEG_SPLITS[self.name])
+        return self._panoptic().image_root
 
     @property
     def sem_seg_root(self):
-        return str(ensure_tiny_shapes_sem_seg() / SEM_SEG_SPLITS[self.name])
+        return self._panoptic().sem_seg_root
 
 
 def _load(name):
@@ -291,12 +247,7 @@ def register_tiny_shapes_sem_seg():
         if name in DatasetCatalog.list():
             continue
         DatasetCatalog.register(name, lambda name=name: _load(name))
-        MetadataCatalog[name] = _TinySemSegMetadata(name=name).set(
-            stuff_classes=list(TINY_SHAPES_SEM_SEG_CLASSES),
-            stuff_colors=[list(c) for c in TINY_SHAPES_SEM_SEG_COLORS],
-            ignore_label=255,
-            evaluator_type="sem_seg",
-        )
+        MetadataCatalog[name] = _TinySemSegMetadata(name=name).set(ignore_label=255, evaluator_type="sem_seg")
 
 
 # --------------------------------------------------------------------------------------------------
