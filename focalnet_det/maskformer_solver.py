@@ -63,7 +63,9 @@ def build_maskformer_optimizer(cfg, model):
     params = maskformer_param_groups(cfg, model)
     name = s.OPTIMIZER.upper()
     if name == "ADAMW":
-        optimizer_cls, kwargs = torch.optim.AdamW, {"betas": tuple(s.get("BETAS", (0.9, 0.999)))}
+        # fused: see focalnet_det.solver
+        optimizer_cls = torch.optim.AdamW
+        kwargs = {"betas": tuple(s.get("BETAS", (0.9, 0.999))), "fused": not s.AMP.ENABLED}
     elif name == "SGD":
         optimizer_cls, kwargs = torch.optim.SGD, {"momentum": s.MOMENTUM}
     else:

@@ -23,7 +23,9 @@ def build_optimizer(cfg, model):
     name = cfg.SOLVER.OPTIMIZER.upper()
     if name == "ADAMW":
         optimizer_cls = torch.optim.AdamW
-        kwargs = {"betas": tuple(cfg.SOLVER.BETAS)}
+        # the fused kernel is ~4x faster on CPUs; not with AMP, where GradScaler would hand it still-scaled
+        # gradients that Detectron2's clipping (inside step) must not see
+        kwargs = {"betas": tuple(cfg.SOLVER.BETAS), "fused": not cfg.SOLVER.AMP.ENABLED}
     elif name == "SGD":
         optimizer_cls = torch.optim.SGD
         kwargs = {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV}

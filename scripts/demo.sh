@@ -15,6 +15,6 @@ start=$(date +%s)
 ROOT=$($PY datasets/generate_tiny_shapes.py)  # generates the dataset once (cached), prints its folder
 echo "[demo] tiny_shapes at $ROOT"
 $PY tools/train_net.py --config-file "$CONFIG" OUTPUT_DIR "$OUT" "$@"
-$PY tools/demo.py --config-file "$CONFIG" --input "$ROOT"/val/00000{0..7}.png --output "$OUT/pictures" \
+$PY tools/demo.py --config-file "$CONFIG" --input "$ROOT"/val/00000{0..7}.png --output "$OUT/pictures" --scale 3 \
   MODEL.WEIGHTS "$OUT/model_final.pth" "$@"
 echo "[demo] done in $(( $(date +%s) - start )) s: log in $OUT/log.txt, pictures in $OUT/pictures/"

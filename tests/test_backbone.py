@@ -9,7 +9,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone, build_model
 
 from focalnet_det import add_focalnet_config
-from focalnet_det.modeling.backbone.focalnet import FocalNet
+from focalnet_det.modeling.backbone.focalnet import DepthwiseConv2d, FocalNet
 from reference_focalnet import reference_forward
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "COCO-InstanceSegmentation")
@@ -101,6 +101,23 @@ def test_fast_path_equals_reference_formulation(flags):
         assert (out[name] - ref[name]).abs().max().item() <= 1e-9, name
 
 
+def test_training_gradients_equal_reference_formulation():
+    """Training takes other paths than inference (autograd, the depthwise weight gradient): same gradients."""
+    torch.manual_seed(0)
+    depths, levels = (1, 1, 2, 1), (2, 3, 2, 2)
+    model = FocalNet(16, depths, focal_levels=levels, focal_windows=(3, 5, 9, 11), drop_path_rate=0.0)
+    model = model.double().train()
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    weights = {name: torch.randn_like(v) for name, v in reference_forward(model, x, depths, levels).items()}
+    grads = []
+    for forward in (model, lambda x: reference_forward(model, x, depths, levels)):
+        out = forward(x)
+        loss = sum((out[name] * w).sum() for name, w in weights.items())
+        grads.append(torch.autograd.grad(loss, list(model.parameters())))
+    for (name, _), a, b in zip(model.named_parameters(), *grads):
+        assert torch.allclose(a, b, atol=1e-9), name
+
+
 @pytest.mark.parametrize("flags", list(FLAGS))
 def test_fused_fp32_inference_equals_reference(flags):
     """fp32 inference takes the fused oneDNN path (conv + GELU in one call) where available."""
@@ -131,6 +148,24 @@ def test_bf16_autocast_is_close_to_fp32():
     for name in ref:
         rel = (out[name].float() - ref[name]).norm() / ref[name].norm()
         assert rel < 0.03, (name, rel.item())
+
+
+@pytest.mark.parametrize("shape, kernel", [((2, 8, 5, 5), 11), ((3, 6, 12, 17), 9), ((1, 4, 20, 9), 3)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_depthwise_conv_gradients_equal_autograd(shape, kernel, channels_last):
+    """The CPU training path's own weight gradient (kernels larger than the map included) against autograd's."""
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(*shape, dtype=torch.float64).to(memory_format=fmt).requires_grad_()
+    w = torch.randn(shape[1], 1, kernel, kernel, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(shape, dtype=torch.float64)
+    out = DepthwiseConv2d.apply(x, w, kernel // 2)
+    ours = torch.autograd.grad(out, (x, w), grad_out)
+    ref_out = F.conv2d(x, w, padding=kernel // 2, groups=shape[1])
+    ref = torch.autograd.grad(ref_out, (x, w), grad_out)
+    assert torch.allclose(out, ref_out, atol=1e-12)
+    for a, b in zip(ours, ref):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-10)
 
 
 def test_input_padding_equals_explicit_zero_padding():

@@ -268,6 +268,21 @@ def test_mmseg_checkpoint_converts_and_loads_strictly(tmp_path):
     assert torch.equal(model.sem_seg_head.psp_modules[3][1].conv.weight, mmseg["decode_head.psp_modules.3.1.conv.weight"])
 
 
+def test_mmseg_checkpoint_loads_directly_as_model_weights(tmp_path):
+    """A released mmseg UPerNet file given as MODEL.WEIGHTS loads whole (heads too), without converting."""
+    from focalnet_det.checkpoint.mmseg import mmseg_upernet_to_detectron2
+
+    other = small_model(seed=1).backbone.state_dict()  # weights the model does not start with
+    mmseg = mmseg_upernet_state_dict(other, [16, 32, 64, 128], channels=32, num_classes=5, aux_channels=32)
+    src = tmp_path / "upernet_mmseg.pth"
+    torch.save({"meta": {"mmseg_version": "0.11.0"}, "state_dict": mmseg}, src)
+    model = small_model()
+    FocalNetCheckpointer(model).load(str(src))
+    expected = mmseg_upernet_to_detectron2(mmseg)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
+
+
 # --------------------------------------------------------------------------------------------------
 # data and evaluation
 

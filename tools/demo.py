@@ -52,6 +52,7 @@ def get_parser():
                    help="images, folders of images, glob patterns ('dir/*.jpg') or video files")
     p.add_argument("--output", required=True, help="folder for the pictures (created if missing)")
     p.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score of drawn instances")
+    p.add_argument("--scale", type=float, default=1.0, help="drawing scale of still images (e.g. 3 for small ones)")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE pairs")
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
     return p
@@ -150,13 +151,13 @@ def output_path(output_dir, path, used, ext=None):
     return os.path.join(output_dir, name)
 
 
-def process_image(predictor, metadata, path, out_path, threshold):
+def process_image(predictor, metadata, path, out_path, threshold, scale=1.0):
     try:
         image = read_image(path, format="BGR")  # what DefaultPredictor expects
     except Exception as e:  # PIL raises several kinds for unreadable files
         raise OSError(" ".join(str(e).split()) or type(e).__name__) from None
     predictions = predictor(image)
-    visualizer = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
+    visualizer = Visualizer(image[:, :, ::-1], metadata, scale=scale, instance_mode=ColorMode.IMAGE)
     vis = draw(visualizer, predictions, threshold)
     if vis is None:
         raise RuntimeError(f"the model returned nothing drawable ({sorted(predictions)})")
@@ -211,7 +212,10 @@ def main(argv=None):
         try:
             if not os.path.isfile(path):
                 raise OSError("no such file")
-            (process_video if is_video else process_image)(predictor, metadata, path, out_path, args.confidence_threshold)
+            if is_video:
+                process_video(predictor, metadata, path, out_path, args.confidence_threshold)
+            else:
+                process_image(predictor, metadata, path, out_path, args.confidence_threshold, args.scale)
         except OSError as e:
             tqdm.tqdm.write(f"demo.py: skipped {path}: {e}", file=sys.stderr)
             skipped.append(path)

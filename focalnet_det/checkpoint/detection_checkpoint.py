@@ -9,6 +9,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from ..errors import UserError
 from ..modeling.backbone.focalnet import FocalNet
 from .adapt import adapt_focal_kernels, new_focal_level_keys
+from .mmseg import is_mmseg_upernet, mmseg_upernet_to_detectron2
 from .convert import (
     describe_keys,
     detect_format,
@@ -92,6 +93,9 @@ class FocalNetCheckpointer(DetectionCheckpointer):
             top = loaded["model"] if isinstance(loaded["model"], dict) else loaded
             raise UserError(f"no state dict found in {filename}; top-level keys: {describe_keys(top)}")
         fmt = detect_format(state_dict, wrapper)
+        if fmt == "mm" and is_mmseg_upernet(state_dict):  # a released UPerNet: the whole model, renamed
+            logger.info(f"FocalNet checkpoint {filename}: mmseg UPerNet, renamed to this project's UPerNet keys")
+            state_dict, fmt = mmseg_upernet_to_detectron2(state_dict), "detectron2"
         if fmt in ("detectron2", "unknown"):  # Detectron2's own loading; non-FocalNet keys fail in _load_model
             loaded["model"] = state_dict
             loaded["__focalnet_format__"] = fmt

@@ -26,9 +26,47 @@ __all__ = ["FocalNet", "build_focalnet_backbone", "build_focalnet_fpn_backbone"]
 _CONV_POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
 
 
+class DepthwiseConv2d(torch.autograd.Function):
+    """Depthwise "same" convolution (stride 1, odd kernel, no bias) with a faster weight gradient on CPUs.
+
+    oneDNN's depthwise weight gradient takes 5-30x the forward's time for the focal kernels (worst when the
+    kernel is larger than the feature map, as at stride 32 on small images). The weight gradient is itself
+    a depthwise correlation of the padded input with the output gradient, one (channel, image) pair per
+    group: computed as a convolution with groups = C * B and summed over the batch, it runs at forward speed.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        return F.conv2d(x, weight, padding=padding, groups=weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        p, (B, C, H, W) = ctx.padding, x.shape
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad_out, x, weight, None, [1, 1], [p, p], [1, 1], False, [0, 0], C, [True, False, False]
+            )[0]
+        if ctx.needs_input_grad[1]:
+            x_pad = F.pad(x, (p, p, p, p)).transpose(0, 1).reshape(1, C * B, H + 2 * p, W + 2 * p)
+            kernels = grad_out.transpose(0, 1).reshape(C * B, 1, H, W)
+            grad_w = F.conv2d(x_pad, kernels, groups=C * B).view(C, B, *weight.shape[2:]).sum(1, keepdim=True)
+        return grad_x, grad_w, None
+
+
+def depthwise_conv(x, weight, padding):
+    if x.device.type == "cpu" and weight.requires_grad and torch.is_grad_enabled():
+        return DepthwiseConv2d.apply(x, weight, padding)
+    return F.conv2d(x, weight, padding=padding, groups=weight.shape[0])
+
+
 def conv_gelu(x, weight, bias=None, padding=0, groups=1):
     """``gelu(conv2d(x))``. In CPU inference a single oneDNN call applies the GELU while the output is
-    still in cache, instead of a second pass over memory."""
+    still in cache, instead of a second pass over memory; in CPU training depthwise convolutions take
+    ``DepthwiseConv2d``'s faster weight gradient."""
     if (
         _CONV_POINTWISE is not None
         and x.device.type == "cpu"
@@ -40,6 +78,8 @@ def conv_gelu(x, weight, bias=None, padding=0, groups=1):
             x, weight = x.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
         return _CONV_POINTWISE(x, weight, bias, [padding] * 2, [1, 1], [1, 1], groups, "gelu", [None], "none")
+    if bias is None and groups == weight.shape[0] > 1:
+        return F.gelu(depthwise_conv(x, weight, padding))
     return F.gelu(F.conv2d(x, weight, bias, padding=padding, groups=groups))
 
 
