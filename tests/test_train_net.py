@@ -108,9 +108,9 @@ def test_a_few_iterations_lower_the_loss(tmp_path, monkeypatch):
 
     args = type("Args", (), {})()
     args.config_file = os.path.join(ROOT, TINY)
-    args.opts = ["OUTPUT_DIR", str(tmp_path / "out"), "SOLVER.MAX_ITER", "25", "SOLVER.IMS_PER_BATCH", "2",
+    args.opts = ["OUTPUT_DIR", str(tmp_path / "out"), "SOLVER.MAX_ITER", "40", "SOLVER.IMS_PER_BATCH", "2",
                  "MODEL.FOCALNET.DEPTHS", "[1,1,2,1]", "MODEL.FOCALNET.EMBED_DIM", "32",
-                 "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_ITERS", "5", "TEST.EVAL_PERIOD", "0"]
+                 "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_ITERS", "5", "TEST.EVAL_PERIOD", "0", "SEED", "0"]
     args.eval_only, args.resume, args.num_gpus, args.machine_rank = False, False, 1, 0
     torch.manual_seed(0)
     cfg = setup(args)

@@ -26,6 +26,7 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, verify_resul
 from detectron2.projects.deeplab import build_lr_scheduler as build_lr_scheduler_with_poly
 
 from focalnet_det import add_focalnet_config
+from focalnet_det.allocator import reuse_freed_memory
 from focalnet_det.checkpoint import FocalNetCheckpointer
 from focalnet_det.data.augmentation import build_detection_augmentation
 from focalnet_det.data.dataset_mappers import MASKFORMER_MAPPERS, build_maskformer_train_mapper
@@ -150,6 +151,7 @@ def main(args):
 
 def cli(argv=None):
     args = default_argument_parser(epilog=__doc__).parse_args(argv)
+    reuse_freed_memory()  # large CPU buffers: reused instead of page-faulted anew (focalnet_det/allocator.py)
     try:
         launch(
             main,

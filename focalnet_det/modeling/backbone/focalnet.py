@@ -71,6 +71,7 @@ def conv_gelu(x, weight, bias=None, padding=0, groups=1):
         _CONV_POINTWISE is not None
         and x.device.type == "cpu"
         and not torch.is_grad_enabled()
+        and not torch.jit.is_tracing()  # FLOP counters (fvcore) trace the model: keep ops they know
         and x.dtype in (torch.float32, torch.bfloat16)
     ):
         if torch.is_autocast_enabled("cpu"):  # a raw op is not autocast: cast as F.conv2d would
