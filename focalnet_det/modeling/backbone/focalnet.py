@@ -58,7 +58,9 @@ class DepthwiseConv2d(torch.autograd.Function):
 
 
 def depthwise_conv(x, weight, padding):
-    if x.device.type == "cpu" and weight.requires_grad and torch.is_grad_enabled():
+    """Depthwise "same" convolution; CPU fp32 training takes ``DepthwiseConv2d``'s weight gradient."""
+    training = weight.requires_grad and torch.is_grad_enabled()
+    if training and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
         return DepthwiseConv2d.apply(x, weight, padding)
     return F.conv2d(x, weight, padding=padding, groups=weight.shape[0])
 
