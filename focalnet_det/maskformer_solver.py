@@ -15,6 +15,8 @@ from torch import nn
 
 from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
 
+from .solver import adamw_kwargs
+
 __all__ = ["build_maskformer_optimizer", "maskformer_param_groups"]
 
 NORM_MODULE_TYPES = (
@@ -63,9 +65,7 @@ def build_maskformer_optimizer(cfg, model):
     params = maskformer_param_groups(cfg, model)
     name = s.OPTIMIZER.upper()
     if name == "ADAMW":
-        # fused: see focalnet_det.solver
-        optimizer_cls = torch.optim.AdamW
-        kwargs = {"betas": tuple(s.get("BETAS", (0.9, 0.999))), "fused": not s.AMP.ENABLED}
+        optimizer_cls, kwargs = torch.optim.AdamW, adamw_kwargs(cfg)
     elif name == "SGD":
         optimizer_cls, kwargs = torch.optim.SGD, {"momentum": s.MOMENTUM}
     else:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU demo: train FocalNet-T Mask R-CNN from scratch on the built-in tiny_shapes dataset,
 # evaluate it (Detectron2's COCO box and mask AP tables), and draw its predictions on validation
-# images into output/demo/pictures/. About 10 minutes on 2 CPU cores.
+# images into output/demo/pictures/. About 12 minutes on 2 CPU cores.
 #   bash scripts/demo.sh [KEY VALUE ...]   (extra config overrides for the training run)
 set -euo pipefail
 cd "$(dirname "$0")/.."

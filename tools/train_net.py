@@ -132,6 +132,7 @@ def setup(args):
 
 
 def main(args):
+    reuse_freed_memory()  # in every launched process: large CPU buffers reused, not page-faulted anew
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
@@ -151,7 +152,6 @@ def main(args):
 
 def cli(argv=None):
     args = default_argument_parser(epilog=__doc__).parse_args(argv)
-    reuse_freed_memory()  # large CPU buffers: reused instead of page-faulted anew (focalnet_det/allocator.py)
     try:
         launch(
             main,
