@@ -137,17 +137,36 @@ def test_fused_fp32_inference_equals_reference(flags):
         assert (out[name] - ref[name]).abs().max().item() <= 1e-5, name
 
 
-def test_bf16_autocast_is_close_to_fp32():
-    torch.manual_seed(0)
-    model = FocalNet(96, (2, 2, 2, 2)).eval()
-    x = torch.randn(1, 3, 128, 128)
+def bf16_relative_errors(model, x):
     with torch.inference_mode():
         ref = model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(x)
-    for name in ref:
-        rel = (out[name].float() - ref[name]).norm() / ref[name].norm()
-        assert rel < 0.03, (name, rel.item())
+    assert all(v.dtype == torch.bfloat16 for v in out.values())  # the bf16 path, not autocast's fp32 LayerNorms
+    return {name: ((out[name].float() - ref[name]).norm() / ref[name].norm()).item() for name in ref}
+
+
+@pytest.mark.parametrize("flags", ["pre-ln", "large-fl4", "huge"])
+def test_bf16_autocast_is_close_to_fp32(flags):
+    torch.manual_seed(0)
+    model = FocalNet(96, (2, 2, 2, 2), focal_levels=(2, 3, 2, 4), **FLAGS[flags]).eval()
+    errors = bf16_relative_errors(model, torch.randn(1, 3, 128, 128))
+    assert max(errors.values()) < 0.03, errors
+
+
+def test_bf16_weights_follow_parameter_changes():
+    """The bf16 path casts the weights once and caches them: a change to any parameter must reach it."""
+    torch.manual_seed(0)
+    model = FocalNet(32, (1, 1, 2, 1)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    bf16_relative_errors(model, x)  # fills the cache
+    other = FocalNet(32, (1, 1, 2, 1)).eval()
+    model.load_state_dict(other.state_dict())  # in place: every parameter's version moves
+    assert max(bf16_relative_errors(model, x).values()) < 0.03
+    with torch.no_grad():
+        model.layers[2].blocks[1].mlp.fc2.weight.mul_(3.0)  # one parameter, in place
+    assert max(bf16_relative_errors(model, x).values()) < 0.03
+    assert not any(p.dtype != torch.float32 for p in model.parameters())  # the model itself is untouched
 
 
 @pytest.mark.parametrize("shape, kernel", [((2, 8, 5, 5), 11), ((3, 6, 12, 17), 9), ((1, 4, 20, 9), 3)])

@@ -6,13 +6,16 @@ switches (post-LN, layerscale, normalize-modulator, post-LN in modulation, conv 
 follow the classification model the 22K checkpoints were trained with.
 
 Activations stay channels-last (B, H, W, C) from the stem to the outputs. Every linear layer runs as a
-1x1 convolution on a channels-last NCHW *view* of that memory (oneDNN's kernel is ~1.5x faster than the
+1x1 convolution on a channels-last NCHW *view* of that memory (oneDNN's kernel is up to 1.5x faster than the
 BLAS matmul behind ``nn.Linear`` on CPUs), and so do the depthwise focal convolutions: no layout copies.
+In CPU inference under bf16 autocast, weights and activations stay bf16 end to end, but for the focal
+convolutions, which run in fp32 (oneDNN's bf16 depthwise kernels are slower than its fp32 ones).
 """
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import nn
+from torch.func import functional_call
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
@@ -24,6 +27,15 @@ __all__ = ["FocalNet", "build_focalnet_backbone", "build_focalnet_fpn_backbone"]
 
 # oneDNN convolution with a fused element-wise epilogue (what torch.compile emits on CPUs); optional
 _CONV_POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+
+
+def _cpu_autocast_inference_dtype(x):
+    """bf16 when ``x`` is on the CPU under bf16 autocast without autograd (and not traced), else None."""
+    if x.device.type != "cpu" or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return None
+    if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+        return torch.bfloat16
+    return None
 
 
 class DepthwiseConv2d(torch.autograd.Function):
@@ -66,14 +78,17 @@ def depthwise_conv(x, weight, padding):
 
 
 def conv_gelu(x, weight, bias=None, padding=0, groups=1):
-    """``gelu(conv2d(x))``. In CPU inference a single oneDNN call applies the GELU while the output is
-    still in cache, instead of a second pass over memory; in CPU training depthwise convolutions take
-    ``DepthwiseConv2d``'s faster weight gradient."""
+    """``gelu(conv2d(x))``. Depthwise convolutions take ``depthwise_conv``. Other convolutions, in CPU inference,
+    run as a single oneDNN call that applies the GELU while the output is still in cache, instead of a second
+    pass over memory (for the depthwise kernels that fused epilogue is slower than a separate GELU)."""
+    if groups > 1 and groups == weight.shape[0] and bias is None:
+        return F.gelu(depthwise_conv(x, weight, padding))
     if (
         _CONV_POINTWISE is not None
         and x.device.type == "cpu"
         and not torch.is_grad_enabled()
         and not torch.jit.is_tracing()  # FLOP counters (fvcore) trace the model: keep ops they know
+        and not torch.compiler.is_compiling()  # inductor fuses on its own (and mis-strides this raw op)
         and x.dtype in (torch.float32, torch.bfloat16)
     ):
         if torch.is_autocast_enabled("cpu"):  # a raw op is not autocast: cast as F.conv2d would
@@ -81,8 +96,6 @@ def conv_gelu(x, weight, bias=None, padding=0, groups=1):
             x, weight = x.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
         return _CONV_POINTWISE(x, weight, bias, [padding] * 2, [1, 1], [1, 1], groups, "gelu", [None], "none")
-    if bias is None and groups == weight.shape[0] > 1:
-        return F.gelu(depthwise_conv(x, weight, padding))
     return F.gelu(F.conv2d(x, weight, bias, padding=padding, groups=groups))
 
 
@@ -136,19 +149,23 @@ class FocalModulation(nn.Module):
         """x: (B, H, W, C) -> (B, H, W, C)."""
         C, L = self.dim, self.focal_level
         q, ctx, gates = torch.split(pointwise(x, self.f), (C, C, L + 1), dim=-1)
-        # channels-last NCHW views: the depthwise convs run on them without a layout copy
-        ctx = ctx.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
         gates = gates.permute(0, 3, 1, 2)
-        ctx_all = None
-        for level, layer in enumerate(self.focal_layers):
-            conv = layer[0]  # Sequential(depthwise conv, GELU): official names, fused call
-            ctx = conv_gelu(ctx, conv.weight, None, padding=conv.padding[0], groups=conv.groups)
-            term = ctx * gates[:, level : level + 1]
-            ctx_all = term if ctx_all is None else ctx_all.add_(term)
-        ctx_global = self.act(ctx.mean((2, 3), keepdim=True))
-        ctx_all = ctx_all.add_(ctx_global * gates[:, L:])
-        if self.normalize_modulator:
-            ctx_all = ctx_all / (L + 1)
+        # Context aggregation on channels-last NCHW views; on the CPU in float32 whatever the autocast:
+        # oneDNN's depthwise kernels are 1.5-3x slower on bf16 data, which one cast each way more than repays.
+        low_precision_cpu = x.device.type == "cpu" and ctx.dtype in (torch.bfloat16, torch.float16)
+        dtype = torch.float32 if low_precision_cpu else ctx.dtype
+        ctx = ctx.permute(0, 3, 1, 2).to(dtype, memory_format=torch.channels_last)
+        with torch.autocast("cpu", enabled=False):
+            ctx_all = None
+            for level, layer in enumerate(self.focal_layers):
+                conv = layer[0]  # Sequential(depthwise conv, GELU): the official names
+                ctx = conv_gelu(ctx, conv.weight, padding=conv.padding[0], groups=conv.groups)
+                gate = gates[:, level : level + 1]
+                ctx_all = ctx * gate if ctx_all is None else ctx_all.addcmul_(ctx, gate)
+            ctx_all = ctx_all.addcmul_(self.act(ctx.mean((2, 3), keepdim=True)), gates[:, L:])
+            if self.normalize_modulator:
+                ctx_all = ctx_all.div_(L + 1)
+        ctx_all = ctx_all.to(q.dtype, memory_format=torch.channels_last)
         x_out = q * F.conv2d(ctx_all, self.h.weight, self.h.bias).permute(0, 2, 3, 1)
         if self.ln is not None:
             x_out = self.ln(x_out)
@@ -184,14 +201,18 @@ class FocalNetBlock(nn.Module):
             self.gamma_1 = nn.Parameter(layerscale_value * torch.ones(dim))
             self.gamma_2 = nn.Parameter(layerscale_value * torch.ones(dim))
         else:
-            self.gamma_1 = self.gamma_2 = 1.0
+            self.gamma_1 = self.gamma_2 = None
 
     def forward(self, x):
         if self.use_postln:
-            x = x + self.drop_path(self.gamma_1 * self.norm1(self.modulation(x)))
-            return x + self.drop_path(self.gamma_2 * self.norm2(self.mlp(x)))
-        x = x + self.drop_path(self.gamma_1 * self.modulation(self.norm1(x)))
-        return x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))
+            x = self._residual(x, self.norm1(self.modulation(x)), self.gamma_1)
+            return self._residual(x, self.norm2(self.mlp(x)), self.gamma_2)
+        x = self._residual(x, self.modulation(self.norm1(x)), self.gamma_1)
+        return self._residual(x, self.mlp(self.norm2(x)), self.gamma_2)
+
+    def _residual(self, x, y, gamma):
+        """``x + drop_path(gamma * y)``; without layerscale no multiply at all."""
+        return x + self.drop_path(y if gamma is None else gamma * y)
 
 
 class PatchEmbed(nn.Module):
@@ -304,6 +325,7 @@ class FocalNet(Backbone):
         self._out_feature_channels = {names[i]: self.num_features[i] for i in range(num_stages)}
         self._out_feature_strides = {names[i]: patch_size * 2**i for i in range(num_stages)}
 
+        self._cast_cache = None  # (key, parameters) of the bf16 inference path
         self.apply(self._init_weights)
         self._freeze_stages()
 
@@ -339,6 +361,13 @@ class FocalNet(Backbone):
         return 32
 
     def forward(self, x):
+        dtype = _cpu_autocast_inference_dtype(x)
+        if dtype is not None:
+            # bf16 CPU inference: weights (cast once, cached) and activations stay in bf16 from the stem to the
+            # outputs, where autocast alone would run every LayerNorm and element-wise op in fp32 and cast around
+            # each layer. The focal convolutions keep fp32 (see FocalModulation).
+            with torch.autocast("cpu", enabled=False):
+                return functional_call(self, self._parameters_in(dtype), (x.to(dtype),))
         outputs = {}
         x = self.patch_embed(x)
         for i, layer in enumerate(self.layers):
@@ -349,6 +378,15 @@ class FocalNet(Backbone):
             if x is None or i >= max(self._out_indices):
                 break
         return outputs
+
+    def _parameters_in(self, dtype):
+        """The parameters in ``dtype`` but the focal kernels, cast once and kept until one changes (in place,
+        which bumps its version, or by a move to other storage)."""
+        key = (dtype, tuple((p.data_ptr(), p._version) for p in self.parameters()))
+        if self._cast_cache is None or self._cast_cache[0] != key:
+            cast = {n: p if ".focal_layers." in n else p.detach().to(dtype) for n, p in self.named_parameters()}
+            self._cast_cache = (key, cast)
+        return self._cast_cache[1]
 
     def output_shape(self):
         return {
