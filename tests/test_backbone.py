@@ -9,7 +9,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone, build_model
 
 from focalnet_det import add_focalnet_config
-from focalnet_det.modeling.backbone.focalnet import DepthwiseConv2d, FocalNet
+from focalnet_det.modeling.backbone.focalnet import DepthwiseConv2d, FocalNet, depthwise_conv
 from reference_focalnet import reference_forward
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "COCO-InstanceSegmentation")
@@ -185,6 +185,17 @@ def test_depthwise_conv_gradients_equal_autograd(shape, kernel, channels_last):
     assert torch.allclose(out, ref_out, atol=1e-12)
     for a, b in zip(ours, ref):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-10)
+
+
+@pytest.mark.parametrize("kernel", [3, 5, 7, 9, 11, 13, 15])
+def test_depthwise_inference_equals_plain_convolution(kernel):
+    """Inference may run a kernel zero-padded to a size oneDNN computes faster (13 -> 15): same output."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 23, 30).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(8, 1, kernel, kernel)
+    with torch.inference_mode():
+        out = depthwise_conv(x, w, kernel // 2)
+    assert torch.allclose(out, F.conv2d(x, w, padding=kernel // 2, groups=8), atol=1e-4)
 
 
 def test_input_padding_equals_explicit_zero_padding():

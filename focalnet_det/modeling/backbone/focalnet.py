@@ -72,8 +72,11 @@ class DepthwiseConv2d(torch.autograd.Function):
 def depthwise_conv(x, weight, padding):
     """Depthwise "same" convolution; CPU fp32 training takes ``DepthwiseConv2d``'s weight gradient."""
     training = weight.requires_grad and torch.is_grad_enabled()
-    if training and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
-        return DepthwiseConv2d.apply(x, weight, padding)
+    if x.device.type == "cpu":
+        if training and not torch.is_autocast_enabled("cpu"):
+            return DepthwiseConv2d.apply(x, weight, padding)
+        if weight.shape[-1] == 13:  # the same kernel zero-padded to 15x15: oneDNN runs that 2.5x faster
+            weight, padding = F.pad(weight, (1, 1, 1, 1)), padding + 1
     return F.conv2d(x, weight, padding=padding, groups=weight.shape[0])
 
 
@@ -228,6 +231,8 @@ class PatchEmbed(nn.Module):
             kernel, stride, padding = patch_size, patch_size, 0
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel, stride=stride, padding=padding)
         self.norm = nn.LayerNorm(embed_dim)
+        # the patch-4 stem on the image: non-overlapping patches, one matrix multiply (below)
+        self.patchify = is_stem and not use_conv_embed
 
     def forward(self, x):
         """x: NCHW (any memory format) -> (B, H', W', C) contiguous."""
@@ -235,7 +240,16 @@ class PatchEmbed(nn.Module):
         pad_h, pad_w = -H % self.patch_size, -W % self.patch_size
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
-        x = self.proj(x).permute(0, 2, 3, 1).contiguous()
+        if self.patchify:
+            # each output pixel is a linear map of its own p x p patch: gathered as (B, H', W', C*p*p), the conv is
+            # a 1x1 conv whose output is already channels-last, 3x faster than oneDNN's conv on 3 input channels
+            # followed by the layout copy
+            (B, C, H, W), p = x.shape, self.patch_size
+            patches = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5).reshape(B, H // p, W // p, -1)
+            weight = self.proj.weight.reshape(self.proj.out_channels, -1, 1, 1)
+            x = F.conv2d(patches.permute(0, 3, 1, 2), weight, self.proj.bias).permute(0, 2, 3, 1)
+        else:
+            x = self.proj(x).permute(0, 2, 3, 1).contiguous()
         return self.norm(x)
 
 
