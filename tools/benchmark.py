@@ -7,7 +7,8 @@ of the process's peak resident set during the timed runs.
 
   # a whole model from its config, at the paper's input size (1280x800 detection, 2048x512 segmentation)
   python tools/benchmark.py --config-file configs/COCO-InstanceSegmentation/mask_rcnn_focalnet_tiny_srf_1x.yaml
-  # the same next to Detectron2's own R50-FPN Mask R-CNN, timed alternately on the same input
+  # the same next to Detectron2's own R50-FPN Mask R-CNN, timed alternately on the same input, in the same mode;
+  # both keep every box up to TEST.DETECTIONS_PER_IMAGE, so their heads do equal work whatever the random weights
   python tools/benchmark.py --config-file CONFIG --compare-r50 --size 800 1216
   # the backbone alone against timm's focalnet built with the same configuration (alternating runs)
   python tools/benchmark.py --config-file CONFIG --backbone-only --size 640 960

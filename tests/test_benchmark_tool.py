@@ -1,0 +1,61 @@
+"""tools/benchmark.py: its rows, its references (timm, a fair R50-FPN) and its errors, on small inputs."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import benchmark
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "configs" / "COCO-InstanceSegmentation" / "mask_rcnn_focalnet_tiny_srf_1x.yaml")
+SHRINK = ["MODEL.FOCALNET.DEPTHS", "[1,1,1,1]", "MODEL.FOCALNET.EMBED_DIM", "32"]
+
+
+def test_backbone_rows_against_timm_in_each_mode(tmp_path):
+    out = tmp_path / "rows.json"
+    benchmark.main(["--config-file", TINY, "--backbone-only", "--size", "64", "96", "--modes", "fp32", "bf16",
+                    "--runs", "1", "--warmup", "0", "--json", str(out), *SHRINK])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["fp32", "bf16"]
+    for r in rows:
+        assert r["input"] == "64x96" and r["ms"] > 0 and r["timm fp32 ms"] > 0
+        assert abs(r["ratio vs timm fp32"] - r["ms"] / r["timm fp32 ms"]) < 1e-6
+    assert rows[0]["GFLOPs"] > 0
+
+
+def test_time_per_megapixel_rows(tmp_path):
+    out = tmp_path / "sizes.json"
+    benchmark.main(["--config-file", TINY, "--backbone-only", "--sizes", "64", "128", "--runs", "1", "--warmup", "0",
+                    "--json", str(out), *SHRINK])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["input"] for r in rows] == ["64x64", "128x128"]
+    for r, side in zip(rows, (64, 128)):
+        assert abs(r["ms_per_MP"] - r["ms"] / (side * side / 1e6)) < 1e-6
+
+
+def test_r50_reference_does_the_same_work_as_ours():
+    """Random weights leave Detectron2's R50 un-normalised: without calibration its heads see a handful of boxes."""
+    cfg = benchmark.load_cfg(TINY, ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
+    torch.manual_seed(0)
+    inputs = benchmark.as_model_input(False, 256, 320)
+    raw = benchmark.r50_fpn_mask_rcnn(cfg)
+    with torch.no_grad():
+        images = raw.preprocess_image(inputs)
+        assert max(f.abs().max().item() for f in raw.backbone(images.tensor).values()) > 1e3
+    r50 = benchmark.calibrate_frozen_bn(raw, inputs)
+    ours = benchmark.build(cfg, backbone_only=False)
+    with torch.no_grad():
+        features = r50.backbone(images.tensor)
+        assert max(f.abs().max().item() for f in features.values()) < 1e3
+        detections = [len(model(inputs)[0]["instances"]) for model in (ours, r50)]
+    assert detections == [cfg.TEST.DETECTIONS_PER_IMAGE] * 2
+
+
+def test_bad_config_is_one_line_and_exit_2(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "benchmark.py"), "--config-file",
+                             str(tmp_path / "missing.yaml")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: config file not found")
+    assert "Traceback" not in result.stderr
