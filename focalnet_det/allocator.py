@@ -11,7 +11,7 @@ import ctypes
 import os
 import sys
 
-__all__ = ["reuse_freed_memory"]
+__all__ = ["reuse_freed_memory", "release_freed_memory"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
 
@@ -25,3 +25,16 @@ def reuse_freed_memory():
     except (OSError, AttributeError):  # not glibc (e.g. musl)
         return False
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def release_freed_memory():
+    """Return the heap's free memory to the system now (``malloc_trim``), so that the resident set measures what is
+    in use; returns whether it took effect (False off glibc)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim(0)
+    return True

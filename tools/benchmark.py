@@ -2,8 +2,8 @@
 """Cost of a model: parameters, FLOPs (fvcore), latency (median after warm-up) and peak memory.
 
 Modes (--modes): fp32, bf16 (autocast), compiled (torch.compile, fp32). Latency is the median of --runs
-timed runs after --warmup untimed ones; peak memory is the GPU's max allocated, or on the CPU the growth
-of the process's peak resident set during the timed runs.
+timed runs after --warmup untimed ones; peak memory is what one forward pass needs beyond the memory in use
+before it (the GPU's max allocated, or on the CPU the growth of the peak resident set).
 
   # a whole model from its config, at the paper's input size (1280x800 detection, 2048x512 segmentation)
   python tools/benchmark.py --config-file configs/COCO-InstanceSegmentation/mask_rcnn_focalnet_tiny_srf_1x.yaml
@@ -32,7 +32,7 @@ from detectron2.utils.analysis import FlopCountAnalysis
 
 import focalnet_det  # noqa: F401
 from focalnet_det import add_focalnet_config
-from focalnet_det.allocator import reuse_freed_memory
+from focalnet_det.allocator import release_freed_memory, reuse_freed_memory
 from focalnet_det.errors import UserError
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -71,21 +71,24 @@ def peak_rss_kib():
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
 
 
-def reset_peak_memory():
+def peak_memory_mib(fn):
+    """Memory that one call of ``fn`` needs beyond what was in use before it: the GPU's peak allocation, or on the CPU
+    the growth of the peak resident set, measured after the heap's freed memory went back to the system (the tools
+    keep it for reuse, which would hide the peak)."""
     if DEVICE == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        return 0
-    try:  # resets the peak resident set (Linux)
-        with open("/proc/self/clear_refs", "w") as f:
+        fn()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    release_freed_memory()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:  # resets the peak resident set to the current one (Linux)
             f.write("5")
+        start = peak_rss_kib()
     except OSError:
-        pass
-    return peak_rss_kib()
-
-
-def peak_memory_mib(start):
-    if DEVICE == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
+        return None
+    fn()
     return (peak_rss_kib() - start) / 1024
 
 
@@ -227,9 +230,8 @@ def main(argv=None):
                 runs["timm fp32"] = runner(timm_backbone(cfg).to(DEVICE).eval(), x, "fp32")
             if args.compare_r50:  # in the same mode as ours
                 runs[f"R50-FPN {mode}"] = runner(calibrate_frozen_bn(r50_fpn_mask_rcnn(cfg), x), x, mode)
-            start = reset_peak_memory()
+            peak = peak_memory_mib(runs["focalnet_det"])
             times = time_alternating(runs, args.warmup, args.runs, mode)
-            peak = peak_memory_mib(start)
             ours = times.pop("focalnet_det")
             row = {"input": f"{h}x{w}", "mode": mode, "params_M": params, "GFLOPs": gflops, "ms": 1e3 * ours,
                    "peak_MiB": peak}
