@@ -16,13 +16,20 @@ __all__ = ["reuse_freed_memory", "release_freed_memory"]
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
 
 
+def _glibc(function):
+    """A glibc malloc function, or None off glibc (not Linux, or another C library such as musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL("libc.so.6"), function)
+    except (OSError, AttributeError):
+        return None
+
+
 def reuse_freed_memory():
     """Make glibc keep freed memory for reuse; returns whether it took effect (False off glibc or when disabled)."""
-    if os.environ.get("FOCALNET_DET_MALLOC") == "default" or not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc (e.g. musl)
+    mallopt = _glibc("mallopt")
+    if mallopt is None or os.environ.get("FOCALNET_DET_MALLOC") == "default":
         return False
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
@@ -30,11 +37,7 @@ def reuse_freed_memory():
 def release_freed_memory():
     """Return the heap's free memory to the system now (``malloc_trim``), so that the resident set measures what is
     in use; returns whether it took effect (False off glibc)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return False
-    malloc_trim(0)
-    return True
+    malloc_trim = _glibc("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)
+    return malloc_trim is not None
