@@ -224,12 +224,14 @@ def main(argv=None):
         h, w = args.size or paper_size(cfg, args.backbone_only)
         x = as_model_input(args.backbone_only, h, w)
         gflops = None if args.no_flops else count_flops(model, x)
+        timm = timm_backbone(cfg).to(DEVICE).eval() if args.backbone_only else None
+        r50 = calibrate_frozen_bn(r50_fpn_mask_rcnn(cfg), x) if args.compare_r50 else None
         for mode in args.modes:
             runs = {"focalnet_det": runner(model, x, mode)}
-            if args.backbone_only:
-                runs["timm fp32"] = runner(timm_backbone(cfg).to(DEVICE).eval(), x, "fp32")
-            if args.compare_r50:  # in the same mode as ours
-                runs[f"R50-FPN {mode}"] = runner(calibrate_frozen_bn(r50_fpn_mask_rcnn(cfg), x), x, mode)
+            if timm is not None:
+                runs["timm fp32"] = runner(timm, x, "fp32")
+            if r50 is not None:  # in the same mode as ours
+                runs[f"R50-FPN {mode}"] = runner(r50, x, mode)
             peak = peak_memory_mib(runs["focalnet_det"])
             times = time_alternating(runs, args.warmup, args.runs, mode)
             ours = times.pop("focalnet_det")

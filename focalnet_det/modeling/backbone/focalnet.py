@@ -29,13 +29,21 @@ __all__ = ["FocalNet", "build_focalnet_backbone", "build_focalnet_fpn_backbone"]
 _CONV_POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
 
 
-def _cpu_autocast_inference_dtype(x):
-    """bf16 when ``x`` is on the CPU under bf16 autocast without autograd (and not traced), else None."""
-    if x.device.type != "cpu" or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return None
-    if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
-        return torch.bfloat16
-    return None
+def _cpu_inference(x):
+    """Whether ``x`` is CPU inference that the CPU-only paths may take: no autograd, and not traced by FLOP
+    counters (fvcore, which must see ops it knows) nor compiled (inductor fuses on its own, and mis-strides the
+    raw oneDNN ops)."""
+    return (
+        x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+    )
+
+
+def _cpu_bf16_inference(x):
+    """Whether ``x`` is CPU inference under bf16 autocast."""
+    return _cpu_inference(x) and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
 class DepthwiseConv2d(torch.autograd.Function):
@@ -80,26 +88,15 @@ def depthwise_conv(x, weight, padding):
     return F.conv2d(x, weight, padding=padding, groups=weight.shape[0])
 
 
-def conv_gelu(x, weight, bias=None, padding=0, groups=1):
-    """``gelu(conv2d(x))``. Depthwise convolutions take ``depthwise_conv``. Other convolutions, in CPU inference,
-    run as a single oneDNN call that applies the GELU while the output is still in cache, instead of a second
-    pass over memory (for the depthwise kernels that fused epilogue is slower than a separate GELU)."""
-    if groups > 1 and groups == weight.shape[0] and bias is None:
-        return F.gelu(depthwise_conv(x, weight, padding))
-    if (
-        _CONV_POINTWISE is not None
-        and x.device.type == "cpu"
-        and not torch.is_grad_enabled()
-        and not torch.jit.is_tracing()  # FLOP counters (fvcore) trace the model: keep ops they know
-        and not torch.compiler.is_compiling()  # inductor fuses on its own (and mis-strides this raw op)
-        and x.dtype in (torch.float32, torch.bfloat16)
-    ):
+def conv_gelu(x, weight, bias):
+    """``gelu(conv2d(x))`` for a 1x1 convolution. In CPU inference a single oneDNN call applies the GELU while the
+    output is still in cache, instead of a second pass over memory."""
+    if _CONV_POINTWISE is not None and _cpu_inference(x) and x.dtype in (torch.float32, torch.bfloat16):
         if torch.is_autocast_enabled("cpu"):  # a raw op is not autocast: cast as F.conv2d would
             dtype = torch.get_autocast_dtype("cpu")
-            x, weight = x.to(dtype), weight.to(dtype)
-            bias = bias.to(dtype) if bias is not None else None
-        return _CONV_POINTWISE(x, weight, bias, [padding] * 2, [1, 1], [1, 1], groups, "gelu", [None], "none")
-    return F.gelu(F.conv2d(x, weight, bias, padding=padding, groups=groups))
+            x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+        return _CONV_POINTWISE(x, weight, bias, [0, 0], [1, 1], [1, 1], 1, "gelu", [None], "none")
+    return F.gelu(F.conv2d(x, weight, bias))
 
 
 def pointwise(x, layer, gelu=False):
@@ -163,7 +160,8 @@ class FocalModulation(nn.Module):
             ctx_all = None
             for level, layer in enumerate(self.focal_layers):
                 conv = layer[0]  # Sequential(depthwise conv, GELU): the official names
-                ctx = conv_gelu(ctx, conv.weight, padding=conv.padding[0], groups=conv.groups)
+                # GELU apart: oneDNN's GELU epilogue on a channels-last depthwise conv is slower than a second pass
+                ctx = F.gelu(depthwise_conv(ctx, conv.weight, conv.padding[0]))
                 gate = gates[:, level : level + 1]
                 ctx_all = ctx * gate if ctx_all is None else ctx_all.addcmul_(ctx, gate)
             ctx_all = ctx_all.addcmul_(self.act(ctx.mean((2, 3), keepdim=True)), gates[:, L:])
@@ -376,13 +374,12 @@ class FocalNet(Backbone):
         return 32
 
     def forward(self, x):
-        dtype = _cpu_autocast_inference_dtype(x)
-        if dtype is not None:
-            # bf16 CPU inference: weights (cast once, cached) and activations stay in bf16 from the stem to the
-            # outputs, where autocast alone would run every LayerNorm and element-wise op in fp32 and cast around
-            # each layer. The focal convolutions keep fp32 (see FocalModulation).
+        if _cpu_bf16_inference(x):
+            # weights (cast once, cached) and activations stay in bf16 from the stem to the outputs, where autocast
+            # alone would run every LayerNorm and element-wise op in fp32 and cast around each layer. The focal
+            # convolutions keep fp32 (see FocalModulation).
             with torch.autocast("cpu", enabled=False):
-                return functional_call(self, self._parameters_in(dtype), (x.to(dtype),))
+                return functional_call(self, self._parameters_in(torch.bfloat16), (x.to(torch.bfloat16),))
         outputs = {}
         x = self.patch_embed(x)
         for i, layer in enumerate(self.layers):
