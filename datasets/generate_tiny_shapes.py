@@ -12,7 +12,7 @@ import warnings
 
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")  # raised by Detectron2's import
 
-from focalnet_det.data.tiny_shapes import TINY_SHAPES_DEFAULTS, ensure_tiny_shapes, generate_tiny_shapes  # noqa: E402
+from focalnet_det.data.datasets.tiny_shapes import TINY_SHAPES_DEFAULTS, ensure_tiny_shapes, generate_tiny_shapes  # noqa: E402
 from focalnet_det.errors import UserError  # noqa: E402
 
 

@@ -3,8 +3,15 @@ from detectron2.config import CfgNode as CN
 
 
 def add_focalnet_config(cfg):
-    """Add FocalNet backbone, optimizer and augmentation keys to ``cfg`` (in place)."""
-    # Backbone: names follow the official FocalNet arguments. Lists are per stage.
+    """Add every key the project uses to ``cfg`` (in place): the backbone's, then one call per head family."""
+    add_focalnet_backbone_config(cfg)
+    add_detection_config(cfg)  # Mask R-CNN / Cascade: optimizer choice, the DETR-style crop branch
+    add_maskformer2_config(cfg)  # Mask2Former: the official keys and defaults
+    add_upernet_config(cfg)  # UPerNet and the semantic-segmentation recipe (ADE20K)
+
+
+def add_focalnet_backbone_config(cfg):
+    """``MODEL.FOCALNET``: names follow the official FocalNet arguments; lists are per stage."""
     cfg.MODEL.FOCALNET = CN()
     cfg.MODEL.FOCALNET.EMBED_DIM = 96
     cfg.MODEL.FOCALNET.DEPTHS = [2, 2, 6, 2]
@@ -25,6 +32,9 @@ def add_focalnet_config(cfg):
     cfg.MODEL.FOCALNET.FROZEN_STAGES = -1
     cfg.MODEL.FOCALNET.USE_CHECKPOINT = False
 
+
+def add_detection_config(cfg):
+    """The FocalNet detection recipe's keys: the optimizer (shared by every family) and the crop branch."""
     # Optimizer: "ADAMW" (the FocalNet recipes) or "SGD" (Detectron2's default).
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BETAS = (0.9, 0.999)
@@ -37,11 +47,6 @@ def add_focalnet_config(cfg):
     cfg.INPUT.CROP_AUG.PROB = 0.5
     cfg.INPUT.CROP_AUG.RESIZE_SHORT = [400, 500, 600]
     cfg.INPUT.CROP_AUG.CROP_SIZE = [384, 600]
-
-    # Mask2Former: the official keys and defaults (MODEL.MASK_FORMER.*, MODEL.SEM_SEG_HEAD.*, mappers)
-    add_maskformer2_config(cfg)
-    # UPerNet and the semantic-segmentation recipe (ADE20K)
-    add_upernet_config(cfg)
 
 
 def _add_missing(cfg, defaults):
@@ -133,7 +138,7 @@ def add_maskformer2_config(cfg):
 
 
 def add_upernet_config(cfg):
-    """UPerNet (``focalnet_det/modeling/upernet.py``) and semantic-segmentation recipe keys. The head also reads
+    """UPerNet (``focalnet_det/modeling/upernet/``) and semantic-segmentation recipe keys. The head also reads
     Detectron2's ``MODEL.SEM_SEG_HEAD.{IN_FEATURES, NUM_CLASSES, IGNORE_VALUE, CONVS_DIM, NORM, LOSS_WEIGHT}``.
     Keys shared with Mask2Former / DeepLab get the same defaults and never overwrite (idempotent)."""
     u = CN()

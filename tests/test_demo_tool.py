@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from focalnet_det.data.tiny_shapes import generate_tiny_shapes
+from focalnet_det.data.datasets.tiny_shapes import generate_tiny_shapes
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "tools" / "demo.py"

@@ -15,10 +15,10 @@ from detectron2.modeling import build_model, build_sem_seg_head
 
 import focalnet_det  # noqa: F401  (registers everything)
 from focalnet_det import add_focalnet_config
-from focalnet_det.modeling.matcher import HungarianMatcher
-from focalnet_det.modeling.maskformer_model import MaskFormer
-from focalnet_det.modeling.pixel_decoder.ms_deform_attn import MSDeformAttn, ms_deform_attn_core_pytorch
-from focalnet_det.modeling.transformer_decoder.position_encoding import PositionEmbeddingSine
+from focalnet_det.modeling.mask2former import HungarianMatcher
+from focalnet_det.modeling.mask2former import MaskFormer
+from focalnet_det.modeling.layers import MSDeformAttn, ms_deform_attn_core_pytorch
+from focalnet_det.modeling.mask2former import PositionEmbeddingSine
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 L_FL4_PANOPTIC = os.path.join(ROOT, "configs/COCO-PanopticSegmentation/maskformer2_focalnet_large_fl4_100ep.yaml")

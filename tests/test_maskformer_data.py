@@ -19,7 +19,7 @@ from detectron2.structures import Boxes, Instances
 
 import focalnet_det  # noqa: F401  (registers everything)
 from focalnet_det import add_focalnet_config
-from focalnet_det.data import tiny_shapes
+from focalnet_det.data.datasets import tiny_shapes
 from focalnet_det.data.dataset_mappers import (
     COCOInstanceNewBaselineDatasetMapper,
     COCOPanopticNewBaselineDatasetMapper,
@@ -31,7 +31,7 @@ from focalnet_det.data.dataset_mappers import (
 from focalnet_det.data.datasets.panoptic_utils import id2rgb, rgb2id
 from focalnet_det.data.datasets.register_tiny_shapes_panoptic import TINY_PANOPTIC_CATEGORIES
 from focalnet_det.evaluation import build_maskformer_evaluators
-from focalnet_det.maskformer_solver import build_maskformer_optimizer
+from focalnet_det.solver import build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs/Tiny/maskformer2_focalnet_tiny_shapes.yaml")
@@ -182,7 +182,7 @@ def test_maskformer_optimizer_recipe():
     cfg = tiny_cfg("SOLVER.BACKBONE_MULTIPLIER", "0.1", "SOLVER.BASE_LR", "0.0001", "SOLVER.WEIGHT_DECAY", "0.05",
                    "MODEL.FOCALNET.USE_LAYERSCALE", "True")
     model = build_model(cfg)
-    opt = build_maskformer_optimizer(cfg, model)
+    opt = build_optimizer(cfg, model)
     assert isinstance(opt, torch.optim.AdamW) and "FullModelGradientClipping" in type(opt).__name__
     settings = {id(p): (g["lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
     modules = dict(model.named_modules())
@@ -214,7 +214,7 @@ def test_a_few_iterations_lower_the_loss(tiny_cache):
     dicts = DatasetCatalog.get("tiny_shapes_panoptic_train")
     np.random.seed(0)
     batch = [mapper(d) for d in dicts[:2]]
-    opt = build_maskformer_optimizer(cfg, model)
+    opt = build_optimizer(cfg, model)
 
     def loss():
         torch.manual_seed(1)  # the same sampled points each time

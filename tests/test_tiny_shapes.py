@@ -16,8 +16,8 @@ import focalnet_det  # noqa: F401  (registers the datasets)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import BoxMode, Boxes, Instances
-from focalnet_det.data import tiny_shapes
-from focalnet_det.data.tiny_shapes import generate_tiny_shapes
+from focalnet_det.data.datasets import tiny_shapes
+from focalnet_det.data.datasets.tiny_shapes import generate_tiny_shapes
 
 SMALL = dict(num_train=4, num_val=6, seed=3, image_size=96, max_objects=4, min_size=12, max_size=40)
 REPO = Path(__file__).resolve().parents[1]

@@ -16,13 +16,9 @@ from detectron2.modeling.meta_arch.semantic_seg import build_sem_seg_head
 
 from focalnet_det import add_focalnet_config
 from focalnet_det.checkpoint import FocalNetCheckpointer
-from focalnet_det.data.sem_seg import (
-    PhotometricDistortion,
-    ResizeScaleRatio,
-    SemSegDatasetMapper,
-    build_sem_seg_evaluator,
-)
-from focalnet_det.modeling.test_time_augmentation import SemanticSegmentorWithTTA
+from focalnet_det.data.dataset_mappers.upernet import PhotometricDistortion, ResizeScaleRatio, SemSegDatasetMapper
+from focalnet_det.evaluation import build_sem_seg_evaluator
+from focalnet_det.modeling.upernet import SemanticSegmentorWithTTA
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 ADE = os.path.join(ROOT, "configs", "ADE20K-SemanticSegmentation")

@@ -28,13 +28,10 @@ from detectron2.projects.deeplab import build_lr_scheduler as build_lr_scheduler
 from focalnet_det import add_focalnet_config
 from focalnet_det.allocator import reuse_freed_memory
 from focalnet_det.checkpoint import FocalNetCheckpointer
-from focalnet_det.data.augmentation import build_detection_augmentation
-from focalnet_det.data.dataset_mappers import MASKFORMER_MAPPERS, build_maskformer_train_mapper
-from focalnet_det.data.sem_seg import SemSegDatasetMapper, build_sem_seg_evaluator
+from focalnet_det.data import build_detection_augmentation, build_train_mapper
 from focalnet_det.errors import UserError
-from focalnet_det.evaluation import build_maskformer_evaluators
-from focalnet_det.maskformer_solver import build_maskformer_optimizer
-from focalnet_det.modeling.test_time_augmentation import SemanticSegmentorWithTTA
+from focalnet_det.evaluation import build_maskformer_evaluators, build_sem_seg_evaluator
+from focalnet_det.modeling.upernet import SemanticSegmentorWithTTA
 from focalnet_det.solver import build_optimizer
 
 logger = logging.getLogger("focalnet_det")
@@ -68,16 +65,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        if cfg.MODEL.META_ARCHITECTURE == "MaskFormer":
-            mapper = build_maskformer_train_mapper(cfg)
-            if mapper is None:
-                raise UserError(f"INPUT.DATASET_MAPPER_NAME: unknown {cfg.INPUT.DATASET_MAPPER_NAME!r} for "
-                                f"MaskFormer (choose from {sorted(MASKFORMER_MAPPERS)})")
-            return build_detection_train_loader(cfg, mapper=mapper)
-        if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor":  # UPerNet: mmseg's ADE20K pipeline
-            return build_detection_train_loader(cfg, mapper=SemSegDatasetMapper(cfg, is_train=True))
-        mapper = DatasetMapper(cfg, is_train=True, augmentations=build_detection_augmentation(cfg, True))
-        return build_detection_train_loader(cfg, mapper=mapper)
+        # Mask2Former's mapper by INPUT.DATASET_MAPPER_NAME, mmseg's pipeline for UPerNet, else the detection recipe
+        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -86,8 +75,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        if cfg.MODEL.META_ARCHITECTURE == "MaskFormer":  # backbone lr multiplier, full-model clipping
-            return build_maskformer_optimizer(cfg, model)
+        # AdamW; parameter groups by the family's rule (Mask2Former: backbone lr multiplier), full-model clipping
         return build_optimizer(cfg, model)
 
     @classmethod

@@ -1,16 +1,7 @@
-"""Dataset registration. Importing this module registers the built-in datasets (and writes nothing)."""
-from .tiny_shapes import (  # noqa: F401
-    TINY_SHAPES_CLASSES,
-    ensure_tiny_shapes,
-    generate_tiny_shapes,
-    register_tiny_shapes,
-    tiny_shapes_root,
-)
-from .sem_seg import SemSegDatasetMapper, register_tiny_shapes_sem_seg  # noqa: F401
+"""Data: dataset registration (``datasets``, run on import), training mappers (``dataset_mappers``), augmentations.
+Public: ``build_train_mapper``, ``build_detection_augmentation``, the tiny-dataset helpers of ``datasets``."""
+from . import datasets  # noqa: F401  (registers the datasets)
+from .augmentation import build_detection_augmentation
+from .dataset_mappers import build_train_mapper
 
-register_tiny_shapes()
-register_tiny_shapes_sem_seg()
-
-# Mask2Former: COCO panoptic with semantic labels, ADE20K panoptic, tiny_shapes_panoptic (registered on import)
-from . import datasets  # noqa: F401,E402
-from .dataset_mappers import build_maskformer_train_mapper  # noqa: F401,E402
+__all__ = ["build_train_mapper", "build_detection_augmentation"]

@@ -1,9 +1,9 @@
-"""Training augmentation of the FocalNet detection recipe, built from Detectron2's transforms."""
+"""Augmentations shared by the recipes: the detection recipe's (Mask R-CNN), flips, the class-area crop."""
 import numpy as np
 
 from detectron2.data import transforms as T
 
-__all__ = ["RandomBranch", "build_detection_augmentation"]
+__all__ = ["RandomBranch", "build_detection_augmentation", "category_area_crop", "random_flip"]
 
 
 class RandomBranch(T.Augmentation):
@@ -37,10 +37,21 @@ def build_detection_augmentation(cfg, is_train):
             resize,
         ]
         augs = [RandomBranch(crop.PROB, branch, [resize])]
-    if cfg.INPUT.RANDOM_FLIP != "none":
-        augs.append(
-            T.RandomFlip(
-                horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal", vertical=cfg.INPUT.RANDOM_FLIP == "vertical"
-            )
-        )
-    return augs
+    return augs + random_flip(cfg)
+
+
+def random_flip(cfg):
+    """``[RandomFlip]`` as ``INPUT.RANDOM_FLIP`` says ("horizontal", "vertical"), or ``[]`` for "none"."""
+    if cfg.INPUT.RANDOM_FLIP == "none":
+        return []
+    return [T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal", vertical=cfg.INPUT.RANDOM_FLIP == "vertical")]
+
+
+def category_area_crop(cfg):
+    """``[RandomCrop_CategoryAreaConstraint]`` from ``INPUT.CROP`` (no class above ``SINGLE_CATEGORY_MAX_AREA``
+    of the crop), or ``[]`` when cropping is off: the semantic recipes' crop."""
+    crop = cfg.INPUT.CROP
+    if not crop.ENABLED:
+        return []
+    return [T.RandomCrop_CategoryAreaConstraint(crop.TYPE, crop.SIZE, crop.SINGLE_CATEGORY_MAX_AREA,
+                                                cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)]

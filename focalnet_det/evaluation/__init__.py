@@ -1,1 +1,6 @@
-from .maskformer_evaluation import InstanceSegEvaluator, build_maskformer_evaluators  # noqa: F401
+"""Evaluators: mIoU shared by the semantic heads, and Mask2Former's by dataset type (PQ, mask AP, mIoU).
+Public: ``build_sem_seg_evaluator``, ``read_sem_seg_gt``, ``build_maskformer_evaluators``, ``InstanceSegEvaluator``."""
+from .mask2former import InstanceSegEvaluator, build_maskformer_evaluators
+from .sem_seg import build_sem_seg_evaluator, read_sem_seg_gt
+
+__all__ = ["build_sem_seg_evaluator", "read_sem_seg_gt", "build_maskformer_evaluators", "InstanceSegEvaluator"]

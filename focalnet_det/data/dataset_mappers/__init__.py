@@ -1,32 +1,44 @@
-"""Mask2Former's training mappers, chosen by ``INPUT.DATASET_MAPPER_NAME`` (:func:`build_maskformer_train_mapper`).
-Evaluation uses Detectron2's ``DatasetMapper(cfg, is_train=False)``, as the official code."""
-from .coco_instance_new_baseline_dataset_mapper import COCOInstanceNewBaselineDatasetMapper
-from .coco_panoptic_new_baseline_dataset_mapper import COCOPanopticNewBaselineDatasetMapper
-from .mask_former_instance_dataset_mapper import MaskFormerInstanceDatasetMapper
-from .mask_former_panoptic_dataset_mapper import MaskFormerPanopticDatasetMapper
-from .mask_former_semantic_dataset_mapper import MaskFormerSemanticDatasetMapper
+"""Training mappers, one module per head family: ``mask2former`` (by ``INPUT.DATASET_MAPPER_NAME``), ``upernet``.
+Public: ``build_train_mapper`` (the mapper for a config), the mapper classes, ``MASKFORMER_MAPPERS``."""
+from detectron2.data import DatasetMapper
+
+from ...errors import UserError
+from ..augmentation import build_detection_augmentation
+from .mask2former import (
+    MASKFORMER_MAPPERS,
+    COCOInstanceNewBaselineDatasetMapper,
+    COCOPanopticNewBaselineDatasetMapper,
+    MaskFormerInstanceDatasetMapper,
+    MaskFormerPanopticDatasetMapper,
+    MaskFormerSemanticDatasetMapper,
+    build_maskformer_train_mapper,
+)
+from .upernet import SemSegDatasetMapper
 
 __all__ = [
-    "MASKFORMER_MAPPERS",
+    "build_train_mapper",
     "build_maskformer_train_mapper",
+    "MASKFORMER_MAPPERS",
+    "MaskFormerSemanticDatasetMapper",
+    "MaskFormerPanopticDatasetMapper",
+    "MaskFormerInstanceDatasetMapper",
     "COCOInstanceNewBaselineDatasetMapper",
     "COCOPanopticNewBaselineDatasetMapper",
-    "MaskFormerInstanceDatasetMapper",
-    "MaskFormerPanopticDatasetMapper",
-    "MaskFormerSemanticDatasetMapper",
+    "SemSegDatasetMapper",
 ]
 
-MASKFORMER_MAPPERS = {
-    "mask_former_semantic": MaskFormerSemanticDatasetMapper,
-    "mask_former_panoptic": MaskFormerPanopticDatasetMapper,
-    "mask_former_instance": MaskFormerInstanceDatasetMapper,
-    "coco_instance_lsj": COCOInstanceNewBaselineDatasetMapper,
-    "coco_panoptic_lsj": COCOPanopticNewBaselineDatasetMapper,
-}
 
-
-def build_maskformer_train_mapper(cfg):
-    """The training mapper named by ``INPUT.DATASET_MAPPER_NAME``, or None for a name not listed above
-    (the caller then uses its default mapper, as the official train_net.py does)."""
-    mapper = MASKFORMER_MAPPERS.get(cfg.INPUT.DATASET_MAPPER_NAME)
-    return mapper(cfg, True) if mapper is not None else None
+def build_train_mapper(cfg):
+    """The training mapper of ``cfg``'s recipe: Mask2Former's by ``INPUT.DATASET_MAPPER_NAME``, mmseg's
+    pipeline for a ``SemanticSegmentor`` (UPerNet), else Detectron2's ``DatasetMapper`` with the detection
+    recipe's augmentation."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch == "MaskFormer":
+        mapper = build_maskformer_train_mapper(cfg)
+        if mapper is None:
+            raise UserError(f"INPUT.DATASET_MAPPER_NAME: unknown {cfg.INPUT.DATASET_MAPPER_NAME!r} for "
+                            f"MaskFormer (choose from {sorted(MASKFORMER_MAPPERS)})")
+        return mapper
+    if arch == "SemanticSegmentor":
+        return SemSegDatasetMapper(cfg, is_train=True)
+    return DatasetMapper(cfg, is_train=True, augmentations=build_detection_augmentation(cfg, True))

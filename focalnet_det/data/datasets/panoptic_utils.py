@@ -5,7 +5,7 @@ import os
 import numpy as np
 from PIL import Image
 
-__all__ = ["load_panoptic_json", "panoptic_to_semantic", "write_semantic_from_panoptic", "id2rgb", "rgb2id"]
+__all__ = ["panoptic_metadata", "load_panoptic_json", "panoptic_to_semantic", "write_semantic_from_panoptic", "id2rgb", "rgb2id"]
 
 
 def rgb2id(color):
@@ -18,6 +18,20 @@ def id2rgb(ids):
     """Segment ids (H, W) -> (H, W, 3) uint8, the inverse of :func:`rgb2id`."""
     ids = np.asarray(ids, dtype=np.int64)
     return np.stack([ids % 256, ids // 256 % 256, ids // 256 // 256 % 256], -1).astype(np.uint8)
+
+
+def panoptic_metadata(categories):
+    """Classes, colours and id maps of COCO-format panoptic ``categories`` (``id``, ``name``, ``isthing``,
+    ``color``): things -> their contiguous id among all categories; the stuff map covers every category
+    (what the semantic evaluator reads)."""
+    return {
+        "thing_classes": [c["name"] for c in categories if c["isthing"]],
+        "thing_colors": [c["color"] for c in categories if c["isthing"]],
+        "stuff_classes": [c["name"] for c in categories],
+        "stuff_colors": [c["color"] for c in categories],
+        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(categories) if c["isthing"]},
+        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(categories)},
+    }
 
 
 def load_panoptic_json(json_file, image_dir, gt_dir, meta, sem_seg_dir=None):

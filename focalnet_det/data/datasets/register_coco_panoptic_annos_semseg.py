@@ -13,7 +13,7 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
-from .panoptic_utils import load_panoptic_json
+from .panoptic_utils import load_panoptic_json, panoptic_metadata
 
 __all__ = ["register_all_coco_panoptic_annos_sem_seg", "get_coco_panoptic_metadata"]
 
@@ -28,16 +28,8 @@ _SPLITS = {
 
 
 def get_coco_panoptic_metadata():
-    """Classes, colours and id maps: things -> their contiguous id among all 133; stuff map over all 133
-    categories (what the semantic evaluator reads)."""
-    return {
-        "thing_classes": [c["name"] for c in COCO_CATEGORIES if c["isthing"]],
-        "thing_colors": [c["color"] for c in COCO_CATEGORIES if c["isthing"]],
-        "stuff_classes": [c["name"] for c in COCO_CATEGORIES],
-        "stuff_colors": [c["color"] for c in COCO_CATEGORIES],
-        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(COCO_CATEGORIES) if c["isthing"]},
-        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(COCO_CATEGORIES)},
-    }
+    """Classes, colours and id maps of COCO's 133 panoptic categories."""
+    return panoptic_metadata(COCO_CATEGORIES)
 
 
 def register_coco_panoptic_annos_sem_seg(name, metadata, image_root, panoptic_root, panoptic_json, sem_seg_root,

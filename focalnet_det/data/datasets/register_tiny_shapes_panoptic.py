@@ -16,8 +16,6 @@ contiguous ids 0..4. ``evaluator_type: coco_panoptic_seg`` (PQ, mask AP, mIoU), 
 """
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -25,11 +23,11 @@ import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
 
-from ..tiny_shapes import TINY_SHAPES_CLASSES, ensure_tiny_shapes, tiny_shapes_root
-from .panoptic_utils import id2rgb, load_panoptic_json, write_semantic_from_panoptic
+from .tiny_shapes import TINY_SHAPES_CLASSES, ensure_tiny_shapes, register_lazily, tiny_shapes_root, write_once
+from .panoptic_utils import id2rgb, load_panoptic_json, panoptic_metadata, write_semantic_from_panoptic
 
 __all__ = [
     "TINY_PANOPTIC_CATEGORIES",
@@ -128,34 +126,13 @@ def tiny_shapes_panoptic_root():
 
 def ensure_tiny_shapes_panoptic():
     """Generate the shapes (if needed) and their panoptic version (if missing); safe when processes race."""
-    root = tiny_shapes_panoptic_root()
-    if (root / "annotations" / "panoptic_val.json").is_file():
-        return root
     shapes = ensure_tiny_shapes()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp", dir=root.parent))
-    try:
+
+    def write(folder):
         for split in ("train", "val"):
-            make_panoptic_from_instances(shapes / "annotations" / f"instances_{split}.json", shapes / split, tmp, split)
-        os.rename(tmp, root)  # atomic; fails if another process finished first
-    except OSError:
-        if not root.is_dir():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+            make_panoptic_from_instances(shapes / "annotations" / f"instances_{split}.json", shapes / split, folder, split)
 
-
-def _metadata_dict():
-    cats = TINY_PANOPTIC_CATEGORIES
-    return {
-        "thing_classes": [c["name"] for c in cats if c["isthing"]],
-        "thing_colors": [c["color"] for c in cats if c["isthing"]],
-        "stuff_classes": [c["name"] for c in cats],
-        "stuff_colors": [c["color"] for c in cats],
-        "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(cats) if c["isthing"]},
-        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(cats)},
-    }
+    return write_once(tiny_shapes_panoptic_root(), "annotations/panoptic_val.json", write)
 
 
 class _TinyPanopticMetadata(Metadata):
@@ -184,16 +161,11 @@ class _TinyPanopticMetadata(Metadata):
 
 def _load(name):
     meta = MetadataCatalog.get(name)
-    return load_panoptic_json(meta.panoptic_json, meta.image_root, meta.panoptic_root, _metadata_dict(),
+    return load_panoptic_json(meta.panoptic_json, meta.image_root, meta.panoptic_root, panoptic_metadata(TINY_PANOPTIC_CATEGORIES),
                               sem_seg_dir=meta.sem_seg_root)
 
 
 def register_tiny_shapes_panoptic():
     """Register ``tiny_shapes_panoptic_train`` / ``_val`` (idempotent; writes nothing)."""
-    for name in SPLITS:
-        if name in DatasetCatalog.list():
-            continue
-        DatasetCatalog.register(name, lambda name=name: _load(name))
-        MetadataCatalog[name] = _TinyPanopticMetadata(name=name).set(
-            evaluator_type="coco_panoptic_seg", ignore_label=255, label_divisor=1000, **_metadata_dict()
-        )
+    register_lazily(SPLITS, _load, _TinyPanopticMetadata, evaluator_type="coco_panoptic_seg", ignore_label=255,
+                    label_divisor=1000, **panoptic_metadata(TINY_PANOPTIC_CATEGORIES))

@@ -1,16 +1,9 @@
-"""Semantic segmentation data: the mmseg ADE20K training pipeline as a Detectron2 mapper, and the built-in
-tiny semantic dataset.
+"""UPerNet's training data: the mmseg ADE20K pipeline as a Detectron2 mapper (``SemSegDatasetMapper``).
 
-Training pipeline (``SemSegDatasetMapper``, mmseg ``configs/_base_/datasets/ade20k.py``): resize with a random
-ratio of a (long, short) scale (``ResizeScaleRatio``), random crop in which no category covers more than
-``INPUT.CROP.SINGLE_CATEGORY_MAX_AREA`` (Detectron2's ``RandomCrop_CategoryAreaConstraint``), flip,
-photometric distortion (``PhotometricDistortion``), then padding to the crop size (image with the pixel mean,
-i.e. 0 after normalisation as mmseg pads; label with the ignore value).
-
-``tiny_shapes_sem_seg_{train,val}`` (registered on ``import focalnet_det``): the semantic view of the built-in
-tiny panoptic dataset ``tiny_shapes_panoptic_{train,val}`` (the ``tiny_shapes`` images; classes circle, square,
-triangle, dark background, light background), as ADE20K's semantic and panoptic tasks share their images.
-Its files are written on first use, by the panoptic dataset's code.
+Resize with a random ratio of a (long, short) scale (``ResizeScaleRatio``), random crop in which no category
+covers more than ``INPUT.CROP.SINGLE_CATEGORY_MAX_AREA`` (Detectron2's ``RandomCrop_CategoryAreaConstraint``),
+flip, photometric distortion (``PhotometricDistortion``), then padding to the crop size (image with the pixel
+mean, i.e. 0 after normalisation as mmseg pads; label with the ignore value).
 """
 import copy
 from functools import partial
@@ -21,27 +14,12 @@ import torch
 from PIL import Image
 
 from detectron2.config import configurable
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from detectron2.data.catalog import Metadata
-from detectron2.data.datasets import load_sem_seg
-from detectron2.evaluation import SemSegEvaluator
-from detectron2.utils.file_io import PathManager
 
-__all__ = [
-    "ResizeScaleRatio",
-    "PhotometricDistortion",
-    "build_sem_seg_augmentation",
-    "SemSegDatasetMapper",
-    "register_tiny_shapes_sem_seg",
-    "read_sem_seg_gt",
-    "build_sem_seg_evaluator",
-]
+from ..augmentation import category_area_crop, random_flip
 
-
-# --------------------------------------------------------------------------------------------------
-# augmentations
+__all__ = ["ResizeScaleRatio", "PhotometricDistortion", "build_sem_seg_augmentation", "SemSegDatasetMapper"]
 
 
 class ResizeScaleRatio(T.Augmentation):
@@ -119,19 +97,7 @@ def build_sem_seg_augmentation(cfg, is_train):
         augs = [ResizeScaleRatio(cfg.INPUT.MIN_SIZE_TRAIN[0], cfg.INPUT.MAX_SIZE_TRAIN, tuple(cfg.INPUT.RESIZE_RATIO_RANGE))]
     else:
         augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)]
-    if cfg.INPUT.CROP.ENABLED:
-        augs.append(
-            T.RandomCrop_CategoryAreaConstraint(
-                cfg.INPUT.CROP.TYPE,
-                cfg.INPUT.CROP.SIZE,
-                cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
-                cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            )
-        )
-    if cfg.INPUT.RANDOM_FLIP != "none":
-        augs.append(
-            T.RandomFlip(horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal", vertical=cfg.INPUT.RANDOM_FLIP == "vertical")
-        )
+    augs += category_area_crop(cfg) + random_flip(cfg)
     if cfg.INPUT.COLOR_AUG_SSD:
         augs.append(PhotometricDistortion(cfg.INPUT.FORMAT))
     return augs
@@ -204,64 +170,3 @@ class SemSegDatasetMapper:
             label[:h, :w] = sem_seg
             sem_seg = label
         return padded, sem_seg
-
-
-# --------------------------------------------------------------------------------------------------
-# the built-in tiny semantic dataset
-
-# each split is the semantic view of a split of the tiny panoptic dataset (same images, same labels)
-SEM_SEG_SPLITS = {"tiny_shapes_sem_seg_train": "tiny_shapes_panoptic_train", "tiny_shapes_sem_seg_val": "tiny_shapes_panoptic_val"}
-
-
-class _TinySemSegMetadata(Metadata):
-    """Classes, colours and folders of the panoptic split it views; reading a folder generates the data."""
-
-    def _panoptic(self):
-        return MetadataCatalog.get(SEM_SEG_SPLITS[self.name])
-
-    @property
-    def stuff_classes(self):
-        return list(self._panoptic().stuff_classes)
-
-    @property
-    def stuff_colors(self):
-        return list(self._panoptic().stuff_colors)
-
-    @property
-    def image_root(self):
-        return self._panoptic().image_root
-
-    @property
-    def sem_seg_root(self):
-        return self._panoptic().sem_seg_root
-
-
-def _load(name):
-    meta = MetadataCatalog.get(name)
-    return load_sem_seg(meta.sem_seg_root, meta.image_root, gt_ext="png", image_ext="png")
-
-
-def register_tiny_shapes_sem_seg():
-    """Register ``tiny_shapes_sem_seg_train`` / ``_val`` (idempotent; writes nothing)."""
-    for name in SEM_SEG_SPLITS:
-        if name in DatasetCatalog.list():
-            continue
-        DatasetCatalog.register(name, lambda name=name: _load(name))
-        MetadataCatalog[name] = _TinySemSegMetadata(name=name).set(ignore_label=255, evaluator_type="sem_seg")
-
-
-# --------------------------------------------------------------------------------------------------
-# evaluation
-
-
-def read_sem_seg_gt(filename, dtype=int):
-    """A label PNG as an array. Detectron2 0.7's default reader asks numpy for ``copy=False`` with a dtype
-    conversion, which numpy 2 refuses (``ValueError: Unable to avoid copy``)."""
-    with PathManager.open(filename, "rb") as f:
-        return np.array(Image.open(f), dtype=dtype)
-
-
-def build_sem_seg_evaluator(dataset_name, output_dir=None, distributed=True):
-    """Detectron2's ``SemSegEvaluator`` (mIoU, fwIoU, mACC, pACC) reading labels with :func:`read_sem_seg_gt`."""
-    return SemSegEvaluator(dataset_name, distributed=distributed, output_dir=output_dir,
-                           sem_seg_loading_fn=read_sem_seg_gt)

@@ -30,7 +30,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.data.datasets import load_coco_json
 
-from ..errors import UserError
+from ...errors import UserError
 
 __all__ = [
     "TINY_SHAPES_CLASSES",
@@ -165,22 +165,29 @@ def tiny_shapes_root():
     return cache / f"tiny_shapes_v{GENERATOR_VERSION}_{hashlib.sha1(params).hexdigest()[:8]}"
 
 
-def ensure_tiny_shapes():
-    """Generate the registered datasets if missing; safe when several processes race."""
-    root = tiny_shapes_root()
-    if (root / "annotations" / "instances_val.json").is_file():
+def write_once(root, marker, write):
+    """``root``, written by ``write(folder)`` into a temporary folder renamed to ``root`` unless ``root/marker``
+    exists: the rename is atomic, so when several processes race, the first wins and the others use its data."""
+    root = Path(root)
+    if (root / marker).is_file():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp", dir=root.parent))
     try:
-        generate_tiny_shapes(tmp, **TINY_SHAPES_DEFAULTS)
-        os.rename(tmp, root)  # atomic; fails if another process finished first
+        write(tmp)
+        os.rename(tmp, root)  # fails if another process finished first
     except OSError:
         if not root.is_dir():
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def ensure_tiny_shapes():
+    """Generate the registered datasets if missing; safe when several processes race."""
+    return write_once(tiny_shapes_root(), "annotations/instances_val.json",
+                      lambda folder: generate_tiny_shapes(folder, **TINY_SHAPES_DEFAULTS))
 
 
 class _TinyShapesMetadata(Metadata):
@@ -200,14 +207,21 @@ def _load(name):
     return load_coco_json(meta.json_file, meta.image_root, name)
 
 
-def register_tiny_shapes():
-    """Register ``tiny_shapes_train`` / ``tiny_shapes_val`` (idempotent; writes nothing)."""
-    for name in SPLITS:
+def register_lazily(names, load, metadata_cls, **metadata):
+    """Register each dataset of ``names`` (idempotent; writes nothing): ``load(name)`` gives its dicts, an
+    instance of ``metadata_cls`` (whose folder properties generate the data on first access) its metadata."""
+    for name in names:
         if name in DatasetCatalog.list():
             continue
-        DatasetCatalog.register(name, lambda name=name: _load(name))
-        MetadataCatalog[name] = _TinyShapesMetadata(name=name).set(
-            thing_classes=list(TINY_SHAPES_CLASSES),
-            thing_dataset_id_to_contiguous_id={k + 1: k for k in range(len(TINY_SHAPES_CLASSES))},
-            evaluator_type="coco",
-        )
+        DatasetCatalog.register(name, lambda name=name: load(name))
+        MetadataCatalog[name] = metadata_cls(name=name).set(**metadata)
+
+
+def register_tiny_shapes():
+    """Register ``tiny_shapes_train`` / ``tiny_shapes_val`` (idempotent; writes nothing)."""
+    register_lazily(
+        SPLITS, _load, _TinyShapesMetadata,
+        thing_classes=list(TINY_SHAPES_CLASSES),
+        thing_dataset_id_to_contiguous_id={k + 1: k for k in range(len(TINY_SHAPES_CLASSES))},
+        evaluator_type="coco",
+    )

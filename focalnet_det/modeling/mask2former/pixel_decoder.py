@@ -25,8 +25,8 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
-from ..transformer_decoder.position_encoding import PositionEmbeddingSine
-from .ms_deform_attn import MSDeformAttn
+from ..layers import MSDeformAttn
+from .position_encoding import PositionEmbeddingSine
 
 __all__ = [
     "MSDeformAttnPixelDecoder",

@@ -13,8 +13,8 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
-from ..errors import UserError
-from .transformer_decoder.registry import build_transformer_decoder
+from ...errors import UserError
+from .transformer_decoder import build_transformer_decoder
 
 __all__ = ["MaskFormerHead", "build_pixel_decoder"]
 

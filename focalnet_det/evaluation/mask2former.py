@@ -12,27 +12,13 @@ Mask AP only (``tasks=("segm",)``): Mask2Former predicts no boxes. COCO evaluati
 """
 import copy
 
-import numpy as np
-from PIL import Image
-
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
-from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator, SemSegEvaluator
-from detectron2.utils.file_io import PathManager
+from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator
 
-__all__ = ["InstanceSegEvaluator", "build_maskformer_evaluators", "load_sem_seg_label"]
+from .sem_seg import build_sem_seg_evaluator
 
-
-def load_sem_seg_label(filename, dtype=int):
-    """A label PNG as an array. (Detectron2 0.7's default loader passes ``copy=False`` to ``np.array``, which
-    numpy 2 refuses when a dtype conversion needs a copy.)"""
-    with PathManager.open(filename, "rb") as f:
-        return np.asarray(Image.open(f), dtype=dtype)
-
-
-def _sem_seg_evaluator(dataset_name, output_folder):
-    return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder,
-                           sem_seg_loading_fn=load_sem_seg_label)
+__all__ = ["InstanceSegEvaluator", "build_maskformer_evaluators"]
 
 
 class InstanceSegEvaluator(COCOEvaluator):
@@ -66,7 +52,7 @@ def build_maskformer_evaluators(cfg, dataset_name, output_folder):
     test = cfg.MODEL.MASK_FORMER.TEST
     evaluators = []
     if evaluator_type in ("sem_seg", "ade20k_panoptic_seg"):
-        evaluators.append(_sem_seg_evaluator(dataset_name, output_folder))
+        evaluators.append(build_sem_seg_evaluator(dataset_name, output_folder))
     if evaluator_type == "coco":
         evaluators.append(COCOEvaluator(dataset_name, tasks=("segm",), output_dir=output_folder, use_fast_impl=False))
     if evaluator_type in ("coco_panoptic_seg", "ade20k_panoptic_seg") and test.PANOPTIC_ON:
@@ -77,5 +63,5 @@ def build_maskformer_evaluators(cfg, dataset_name, output_folder):
         evaluators.append(InstanceSegEvaluator(dataset_name, tasks=("segm",), output_dir=output_folder,
                                                use_fast_impl=False))
     if evaluator_type == "coco_panoptic_seg" and test.SEMANTIC_ON:
-        evaluators.append(_sem_seg_evaluator(dataset_name, output_folder))
+        evaluators.append(build_sem_seg_evaluator(dataset_name, output_folder))
     return evaluators

@@ -19,11 +19,31 @@ from torch import nn
 
 from detectron2.config import configurable
 from detectron2.layers import Conv2d
+from detectron2.utils.registry import Registry
 
 from .position_encoding import PositionEmbeddingSine
-from .registry import TRANSFORMER_DECODER_REGISTRY
 
-__all__ = ["MultiScaleMaskedTransformerDecoder", "SelfAttentionLayer", "CrossAttentionLayer", "FFNLayer", "MLP"]
+__all__ = [
+    "TRANSFORMER_DECODER_REGISTRY",
+    "build_transformer_decoder",
+    "MultiScaleMaskedTransformerDecoder",
+    "SelfAttentionLayer",
+    "CrossAttentionLayer",
+    "FFNLayer",
+    "MLP",
+]
+
+TRANSFORMER_DECODER_REGISTRY = Registry("TRANSFORMER_MODULE")
+TRANSFORMER_DECODER_REGISTRY.__doc__ = """
+Transformer decoders of MaskFormer-style heads (``MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME``), called as
+``cls(cfg, in_channels, mask_classification)``.
+"""
+
+
+def build_transformer_decoder(cfg, in_channels, mask_classification=True):
+    """The decoder named by ``MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME``."""
+    name = cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME
+    return TRANSFORMER_DECODER_REGISTRY.get(name)(cfg, in_channels, mask_classification)
 
 
 def _xavier_matrices(module):
