@@ -3,3 +3,13 @@
 
 class UserError(Exception):
     """A mistake in what the user gave us (file, key, value); the message names the culprit."""
+
+
+def one_line(error):
+    """The line to show for ``error``. A UserError raised in a DataLoader worker or a launched process arrives
+    wrapped in a traceback that ends with ``...UserError: <message>``: the message is taken from there."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "UserError: " in line:
+            return line.split("UserError: ", 1)[1]
+    return lines[-1] if lines else type(error).__name__

@@ -16,20 +16,32 @@ import sys
 import weakref
 
 import torch
+from torch.multiprocessing import ProcessRaisedException
 
 import focalnet_det  # noqa: F401  (first: registers everything and quiets fvcore's import warning)
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
-from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, hooks, launch
+from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_test_loader
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    default_argument_parser,
+    default_setup,
+    hooks,
+    launch,
+)
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, verify_results
 from detectron2.projects.deeplab import build_lr_scheduler as build_lr_scheduler_with_poly
+from detectron2.utils.logger import setup_logger
 
 from focalnet_det import add_focalnet_config
 from focalnet_det.allocator import reuse_freed_memory
 from focalnet_det.checkpoint import FocalNetCheckpointer
-from focalnet_det.data import build_detection_augmentation, build_train_mapper
-from focalnet_det.errors import UserError
+from focalnet_det.data import ReadCheckedMapper, build_detection_augmentation, build_resumable_train_loader, build_train_mapper
+from focalnet_det.engine import SeedEveryIteration, adapt_sync_batchnorm, check_config, create_ddp_model
+from focalnet_det.errors import UserError, one_line
 from focalnet_det.evaluation import build_maskformer_evaluators, build_sem_seg_evaluator
 from focalnet_det.modeling.upernet import SemanticSegmentorWithTTA
 from focalnet_det.solver import build_optimizer
@@ -38,14 +50,52 @@ logger = logging.getLogger("focalnet_det")
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with the FocalNet recipe: checkpoint formats, augmentation, AdamW, evaluators."""
+    """DefaultTrainer with the FocalNet recipe (checkpoint formats, augmentation, AdamW, evaluators) that trains
+    across processes on the CPU too, and resumes exactly: the data stream and the random generators are
+    functions of (SEED, iteration), so a run resumed from a checkpoint continues the run that was stopped."""
 
     def __init__(self, cfg):
-        super().__init__(cfg)
-        # reads official / timm / Detectron2 checkpoints, adapting focal kernels
-        self.checkpointer = FocalNetCheckpointer(
-            self.checkpointer.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
+        # DefaultTrainer's construction, with a DDP wrapper that works on the CPU and FocalNetCheckpointer
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        # reads official / timm / Detectron2 checkpoints, adapting focal kernels; writes atomically
+        self.checkpointer = FocalNetCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_model(cls, cfg):
+        return adapt_sync_batchnorm(super().build_model(cfg))  # SyncBN needs CUDA: gloo-capable on the CPU
+
+    def build_hooks(self):
+        if self.cfg.SEED < 0:
+            logging.getLogger("focalnet_det").info("SEED < 0: a resumed run will not repeat the interrupted one")
+            return super().build_hooks()
+        return [SeedEveryIteration(self.cfg.SEED)] + super().build_hooks()
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        self.data_loader.batch_sampler.start_iter = self.start_iter  # the stream continues where it stopped
+
+    def train(self):
+        try:
+            return super().train()
+        except FloatingPointError:
+            last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else None
+            raise UserError(
+                f"the loss became non-finite at iteration {self.iter}; last good checkpoint: "
+                f"{last or 'none written yet'} (lower SOLVER.BASE_LR or clip gradients, then --resume)"
+            ) from None
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -65,13 +115,14 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        # Mask2Former's mapper by INPUT.DATASET_MAPPER_NAME, mmseg's pipeline for UPerNet, else the detection recipe
-        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
+        # Mask2Former's mapper by INPUT.DATASET_MAPPER_NAME, mmseg's pipeline for UPerNet, else the detection
+        # recipe; a stream that depends on (SEED, iteration) only, unreadable images skipped
+        return build_resumable_train_loader(cfg, build_train_mapper(cfg))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         mapper = DatasetMapper(cfg, is_train=False, augmentations=build_detection_augmentation(cfg, False))
-        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+        return build_detection_test_loader(cfg, dataset_name, mapper=ReadCheckedMapper(mapper))
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -98,7 +149,7 @@ class Trainer(DefaultTrainer):
         return {k + "_MS": v for k, v in res.items()}
 
 
-def setup(args):
+def load_config(args):
     """Config from file + overrides; user mistakes become one-line UserErrors."""
     cfg = get_cfg()
     add_focalnet_config(cfg)
@@ -115,7 +166,19 @@ def setup(args):
         cfg.MODEL.DEVICE = "cpu"
         cfg.SOLVER.AMP.ENABLED = False  # mixed precision only where a GPU is present
     cfg.freeze()
+    return cfg
+
+
+def setup(args):
+    """The config, and Detectron2's per-process setup (logging, seeds, the config saved to OUTPUT_DIR)."""
+    cfg = load_config(args)
     default_setup(cfg, args)
+    # this project's messages (checkpoint adaptation, skipped images, SyncBN) in the console and log.txt too
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focalnet_det", abbrev_name="fd")
+    # a user error ends training with one line; the trainer's own traceback log of it would repeat it
+    logging.getLogger("detectron2.engine.train_loop").addFilter(
+        lambda record: not (record.exc_info and issubclass(record.exc_info[0], (UserError, FloatingPointError)))
+    )
     return cfg
 
 
@@ -141,6 +204,8 @@ def main(args):
 def cli(argv=None):
     args = default_argument_parser(epilog=__doc__).parse_args(argv)
     try:
+        # data and config mistakes are found here, once, before any process starts
+        check_config(load_config(args), eval_only=args.eval_only, resume=args.resume)
         launch(
             main,
             args.num_gpus,
@@ -150,7 +215,12 @@ def cli(argv=None):
             args=(args,),
         )
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    except ProcessRaisedException as e:  # a launched process failed: a user error is one line, as above
+        if "UserError: " not in str(e):
+            raise
+        print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
 
 

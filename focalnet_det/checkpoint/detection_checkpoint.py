@@ -36,6 +36,43 @@ def focalnet_prefix(model):
     return None
 
 
+class _AtomicFile:
+    """A file opened for writing under a temporary name; renamed to its own name when closed complete."""
+
+    def __init__(self, path, mode, **kwargs):
+        self.path, self.tmp = path, f"{path}.tmp{os.getpid()}"
+        self.file = open(self.tmp, mode, **kwargs)
+
+    def __enter__(self):
+        return self.file
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        self.file.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            os.remove(self.tmp)
+
+
+class _AtomicWrites:
+    """A path manager whose local files opened for writing appear only once written completely: a process
+    killed while saving leaves the previous checkpoint (and ``last_checkpoint``) as they were."""
+
+    def __init__(self, path_manager):
+        self._inner = path_manager
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def open(self, path, mode="r", **kwargs):
+        if "w" in mode and "://" not in path:
+            return _AtomicFile(path, mode, **kwargs)
+        return self._inner.open(path, mode, **kwargs)
+
+
 class FocalNetCheckpointer(DetectionCheckpointer):
     """A drop-in ``DetectionCheckpointer`` that also loads official FocalNet, timm and mmdet/mmseg weights.
 
@@ -48,8 +85,13 @@ class FocalNetCheckpointer(DetectionCheckpointer):
     A Detectron2 checkpoint loads as usual (resuming optimizer, scheduler, iteration), after two fixes to its
     FocalNet part: ``backbone.`` <-> ``backbone.bottom_up.`` are remapped to where the model's FocalNet sits,
     and focal kernels/levels are adapted; if it contains a FocalNet, that part is checked as above.
-    Any checkpoint of which no key fits the model raises UserError.
+    Any checkpoint of which no key fits the model raises UserError. Saving writes a temporary file, renamed
+    when complete.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.path_manager = _AtomicWrites(self.path_manager)
 
     def load(self, path, *args, **kwargs):
         if path:

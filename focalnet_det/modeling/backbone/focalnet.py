@@ -22,6 +22,8 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from timm.layers import DropPath, trunc_normal_
 
+from ...errors import UserError
+
 __all__ = ["FocalNet", "build_focalnet_backbone", "build_focalnet_fpn_backbone"]
 
 
@@ -407,7 +409,34 @@ class FocalNet(Backbone):
         }
 
 
-def _focalnet_from_cfg(cfg, out_features=None):
+def check_focalnet_config(cfg, out_features=None, out_features_key="MODEL.FOCALNET.OUT_FEATURES"):
+    """UserError naming the key when ``MODEL.FOCALNET`` cannot describe a FocalNet (lengths against ``DEPTHS``,
+    even or non-positive focal windows, non-positive depths, width or levels, unknown output names)."""
+    c = cfg.MODEL.FOCALNET
+    depths = list(c.DEPTHS)
+    if not depths or any(int(d) < 1 for d in depths):
+        raise UserError(f"MODEL.FOCALNET.DEPTHS: every stage needs a depth >= 1, got {depths}")
+    if int(c.EMBED_DIM) < 1:
+        raise UserError(f"MODEL.FOCALNET.EMBED_DIM: must be positive, got {c.EMBED_DIM}")
+    for key in ("FOCAL_LEVELS", "FOCAL_WINDOWS"):
+        values = list(c[key])
+        if len(values) != len(depths):
+            raise UserError(f"MODEL.FOCALNET.{key}: {values} has {len(values)} values, DEPTHS {depths} has "
+                            f"{len(depths)} stages (one value per stage)")
+        if any(int(v) < 1 for v in values):
+            raise UserError(f"MODEL.FOCALNET.{key}: values must be >= 1, got {values}")
+    even = [w for w in c.FOCAL_WINDOWS if int(w) % 2 == 0]
+    if even:
+        raise UserError(f"MODEL.FOCALNET.FOCAL_WINDOWS: focal windows must be odd (centred kernels), "
+                        f"got {list(c.FOCAL_WINDOWS)}")
+    names = [f"res{i + 2}" for i in range(len(depths))]
+    unknown = [f for f in (c.OUT_FEATURES if out_features is None else out_features) if f not in names]
+    if unknown:
+        raise UserError(f"{out_features_key}: the FocalNet has no feature {unknown}; it produces {names}")
+
+
+def _focalnet_from_cfg(cfg, out_features=None, out_features_key="MODEL.FOCALNET.OUT_FEATURES"):
+    check_focalnet_config(cfg, out_features, out_features_key)
     c = cfg.MODEL.FOCALNET
     return FocalNet(
         embed_dim=c.EMBED_DIM,
@@ -438,7 +467,7 @@ def build_focalnet_backbone(cfg, input_shape):
 @BACKBONE_REGISTRY.register()
 def build_focalnet_fpn_backbone(cfg, input_shape):
     """FocalNet + FPN (p2..p6, LastLevelMaxPool), as in Mask R-CNN."""
-    bottom_up = _focalnet_from_cfg(cfg, out_features=cfg.MODEL.FPN.IN_FEATURES)
+    bottom_up = _focalnet_from_cfg(cfg, cfg.MODEL.FPN.IN_FEATURES, "MODEL.FPN.IN_FEATURES")
     return FPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
