@@ -28,5 +28,6 @@ setup(
         "tqdm",
         "setuptools<81",
     ],
-    extras_require={"dev": ["pytest"]},
+    # onnx / onnxruntime: tools/export_model.py --format onnx writes and checks ONNX graphs (and its tests)
+    extras_require={"dev": ["pytest", "onnx", "onnxruntime"]},
 )

@@ -1,5 +1,44 @@
-"""Every config key the project adds to Detectron2's defaults, in one call."""
+"""Every config key the project adds to Detectron2's defaults, in one call; the config loading every tool shares."""
+import logging
+import os
+
+import torch
+import yaml
+
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+from .errors import UserError
+
+
+def load_config(config_file, opts=()):
+    """Detectron2's defaults, this project's keys, ``config_file`` and ``KEY VALUE`` overrides (not frozen); a
+    mistake in them is a one-line UserError naming the file. Without a GPU a CUDA device becomes the CPU (and
+    mixed precision is switched off)."""
+    if not config_file:
+        raise UserError("no config given: pass --config-file FILE")
+    if not os.path.isfile(config_file):
+        raise UserError(f"config file not found: {config_file}")
+    cfg = get_cfg()
+    add_focalnet_config(cfg)
+    try:
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError, TypeError, OSError, yaml.YAMLError) as e:
+        msg = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
+        raise UserError(f"{config_file}: {msg}") from None
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger(__name__).info("no GPU: running on the CPU, without mixed precision")
+        cfg.MODEL.DEVICE = "cpu"
+        cfg.SOLVER.AMP.ENABLED = False
+    return cfg
+
+
+def check_weights_file(cfg):
+    """UserError when ``MODEL.WEIGHTS`` names a local file that does not exist (URLs are checked when fetched)."""
+    weights = cfg.MODEL.WEIGHTS
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise UserError(f"MODEL.WEIGHTS file not found: {weights}")
 
 
 def add_focalnet_config(cfg):

