@@ -47,6 +47,7 @@ def add_focalnet_config(cfg):
     add_detection_config(cfg)  # Mask R-CNN / Cascade: optimizer choice, the DETR-style crop branch
     add_maskformer2_config(cfg)  # Mask2Former: the official keys and defaults
     add_upernet_config(cfg)  # UPerNet and the semantic-segmentation recipe (ADE20K)
+    add_dino_config(cfg)  # DINO: MODEL.DINO.*
 
 
 def add_focalnet_backbone_config(cfg):
@@ -214,3 +215,48 @@ def add_upernet_config(cfg):
     # MAX_SIZE_TEST), as mmseg's img_ratios; the softmax outputs of all views are averaged
     u.TEST.AUG.RATIOS = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
     _add_missing(cfg, u)
+
+
+def add_dino_config(cfg):
+    """``MODEL.DINO``: DINO (``focalnet_det/modeling/dino/``); defaults are the official DINO-4scale config.
+    The backbone's ``OUT_FEATURES`` are the levels taken from it (FocalNet: res3-res5 for 4 scales, res2-res5
+    for 5); ``NUM_FEATURE_LEVELS`` counts them plus the stride-2 convs added on top. Idempotent."""
+    d = CN()
+    d.MODEL = CN()
+    m = d.MODEL.DINO = CN()
+    # 91 for the released COCO checkpoints, whose logits are indexed by raw COCO category id (with
+    # LOGITS_BY_DATASET_ID); otherwise the number of (contiguous) classes
+    m.NUM_CLASSES = 91
+    # True: logit k scores the dataset's category id k (mapping from the metadata of DATASETS.TRAIN[0], else
+    # TEST[0]); predictions still come out as Detectron2's contiguous ids
+    m.LOGITS_BY_DATASET_ID = False
+    m.HIDDEN_DIM = 256
+    m.NHEADS = 8
+    m.ENC_LAYERS = 6
+    m.DEC_LAYERS = 6
+    m.DIM_FEEDFORWARD = 2048
+    m.DROPOUT = 0.0
+    m.NUM_FEATURE_LEVELS = 4
+    m.ENC_N_POINTS = 4
+    m.DEC_N_POINTS = 4
+    m.NUM_QUERIES = 900
+    m.POS_TEMPERATURE = 20.0  # sine position encoding of the feature maps (detrex: 10000, with a -0.5 offset)
+    # contrastive denoising (training only): DN_NUMBER queries' worth of groups, label noise, box noise.
+    # DN_BOX_NOISE_SCALE: 0.4 in the released (FocalNet-)DINO configs; the official DINO scripts pass 1.0.
+    m.DN_NUMBER = 100
+    m.DN_LABEL_NOISE_RATIO = 0.5
+    m.DN_BOX_NOISE_SCALE = 0.4
+    # focal loss and the Hungarian matcher's costs
+    m.FOCAL_ALPHA = 0.25
+    m.FOCAL_GAMMA = 2.0
+    m.COST_CLASS = 2.0
+    m.COST_BBOX = 5.0
+    m.COST_GIOU = 2.0
+    # loss weights, the same for the final, auxiliary, encoder and denoising outputs
+    m.CLASS_WEIGHT = 1.0
+    m.BBOX_WEIGHT = 5.0
+    m.GIOU_WEIGHT = 2.0
+    # inference: the NUM_SELECT best (query, class) pairs; class-agnostic NMS when NMS_IOU_THRESHOLD > 0
+    m.NUM_SELECT = 300
+    m.NMS_IOU_THRESHOLD = -1.0
+    _add_missing(cfg, d)

@@ -51,10 +51,10 @@ def load_cfg(config_file, opts=()):
 
 
 def paper_size(cfg, backbone_only):
-    """(H, W) the published FLOPs use: 224 for backbones, 800x1280 detection, 512x2048 segmentation."""
+    """(H, W) the published FLOPs use: 224 for backbones, 800x1280 Mask R-CNN, 800x1333 DINO, 512x2048 segmentation."""
     if backbone_only:
         return 224, 224
-    return (512, 2048) if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN" else (800, 1280)
+    return {"GeneralizedRCNN": (800, 1280), "DINO": (800, 1333)}.get(cfg.MODEL.META_ARCHITECTURE, (512, 2048))
 
 
 def as_model_input(backbone_only, h, w):

@@ -24,6 +24,7 @@ from focalnet_det.checkpoint import (  # noqa: E402
     to_official_backbone,
 )
 from focalnet_det.checkpoint.mmseg import is_mmseg_upernet, mmseg_upernet_to_detectron2  # noqa: E402
+from focalnet_det.checkpoint.dino import is_official_dino, official_dino_to_detectron2  # noqa: E402
 from focalnet_det.errors import UserError  # noqa: E402
 
 logger = logging.getLogger("convert_checkpoint")
@@ -38,6 +39,9 @@ Input formats, detected from the keys (not from the file name):
                heads); the backbone part is kept, except for a released mmseg UPerNet (decode_head.*,
                auxiliary_head.*), which is converted whole for configs/ADE20K-SemanticSegmentation:
                backbone.*, sem_seg_head.*, sem_seg_head.auxiliary_head.* (--prefix does not apply)
+  DINO         an official DINO / FocalNet-DINO checkpoint ({"model": ...} with transformer.*, label_enc,
+               backbone.0.*): converted whole for the DINO configs (backbone.0. -> backbone., the decoder's
+               shared class/box heads kept once); --prefix does not apply
   detectron2   a Detectron2 checkpoint ({"model": ...}) holding a FocalNet (e.g. backbone.bottom_up.*);
                the backbone part is kept
 
@@ -81,6 +85,10 @@ def convert(input_path, focal_windows=None, focal_levels=None):
     if state_dict is None:
         raise UserError(f"no state dict found in {input_path}")
     fmt = detect_format(state_dict, wrapper)
+    if is_official_dino(state_dict):  # the whole model, under this project's DINO keys
+        if focal_windows or focal_levels:
+            raise UserError("--focal-windows/--focal-levels apply to backbones, not to a whole DINO checkpoint")
+        return official_dino_to_detectron2(state_dict), "dino"
     if fmt == "unknown":
         raise UserError(f"{input_path} is not a FocalNet checkpoint; its keys: {describe_keys(state_dict)}")
     if fmt == "mm" and is_mmseg_upernet(state_dict):  # the whole model, under this project's keys
@@ -102,7 +110,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:
         backbone, fmt = convert(args.input, args.focal_windows, args.focal_levels)
-        prefix = "" if fmt == "mmseg-upernet" else args.prefix
+        prefix = "" if fmt in ("mmseg-upernet", "dino") else args.prefix
         model = {prefix + k: v.contiguous() for k, v in backbone.items()}
         out = {"model": model, "__author__": "focalnet_det", "matching_heuristics": False}
         try:

@@ -10,6 +10,7 @@ from ..errors import UserError
 from ..modeling.backbone.focalnet import FocalNet
 from .adapt import adapt_focal_kernels, new_focal_level_keys
 from .mmseg import is_mmseg_upernet, mmseg_upernet_to_detectron2
+from .dino import fit_dino_state_dict, is_official_dino, official_dino_to_detectron2
 from .convert import (
     describe_keys,
     detect_format,
@@ -135,6 +136,9 @@ class FocalNetCheckpointer(DetectionCheckpointer):
             top = loaded["model"] if isinstance(loaded["model"], dict) else loaded
             raise UserError(f"no state dict found in {filename}; top-level keys: {describe_keys(top)}")
         fmt = detect_format(state_dict, wrapper)
+        if is_official_dino(state_dict) and hasattr(self.model, "transformer") and hasattr(self.model, "label_enc"):
+            logger.info(f"checkpoint {filename}: official DINO layout, renamed to this project's DINO keys")
+            return {"model": official_dino_to_detectron2(state_dict), "__focalnet_format__": "dino"}
         if fmt == "mm" and is_mmseg_upernet(state_dict):  # a released UPerNet: the whole model, renamed
             logger.info(f"FocalNet checkpoint {filename}: mmseg UPerNet, renamed to this project's UPerNet keys")
             state_dict, fmt = mmseg_upernet_to_detectron2(state_dict), "detectron2"
@@ -146,8 +150,13 @@ class FocalNetCheckpointer(DetectionCheckpointer):
         return {"model": to_official_backbone(state_dict, fmt), "__author__": fmt, "__focalnet_format__": fmt}
 
     def _load_model(self, checkpoint):
-        converted = checkpoint.pop("__focalnet_format__", "detectron2") not in ("detectron2", "unknown")
         filename = getattr(self, "_loading_file", "checkpoint")
+        if checkpoint.get("__focalnet_format__") == "dino":  # the whole model, checked strictly
+            checkpoint.pop("__focalnet_format__")
+            checkpoint["model"] = fit_dino_state_dict(self.model, checkpoint["model"], filename)
+            checkpoint["matching_heuristics"] = False
+            return super()._load_model(checkpoint)
+        converted = checkpoint.pop("__focalnet_format__", "detectron2") not in ("detectron2", "unknown")
         state_dict = checkpoint["model"]
         prefix = focalnet_prefix(self.model)
         if converted:

@@ -33,7 +33,9 @@ def default_param_groups(cfg, model):
 
 
 # meta-architecture -> its recipe's parameter groups; any other uses default_param_groups
-PARAM_GROUP_RULES = {"MaskFormer": maskformer_param_groups}
+# DINO: the same rule (backbone lr x BACKBONE_MULTIPLIER; with WEIGHT_DECAY_NORM = WEIGHT_DECAY_EMBED = WEIGHT_DECAY
+# every parameter decays, as in the official DINO)
+PARAM_GROUP_RULES = {"MaskFormer": maskformer_param_groups, "DINO": maskformer_param_groups}
 
 
 def adamw_kwargs(cfg):

@@ -3,6 +3,7 @@ Public: the built-in ``tiny_shapes`` (instances), ``tiny_shapes_panoptic``, ``ti
 
 - ``tiny_shapes_{train,val}``, ``tiny_shapes_panoptic_{train,val}``, ``tiny_shapes_sem_seg_{train,val}``: built in,
   generated on first use into ``$FOCALNET_DET_CACHE``;
+- ``objects365_v2_{train,val}`` (COCO-format json) under ``$DETECTRON2_DATASETS/objects365``;
 - ``coco_2017_{train,val}_panoptic_with_sem_seg`` (and things-only ``thing_classes`` for Detectron2's
   ``coco_2017_{train,val}_panoptic``), ``ade20k_panoptic_{train,val}``, under ``$DETECTRON2_DATASETS``.
 
@@ -12,6 +13,7 @@ import os
 
 from .register_ade20k_panoptic import register_all_ade20k_panoptic
 from .register_coco_panoptic_annos_semseg import register_all_coco_panoptic_annos_sem_seg
+from .register_objects365 import register_objects365
 from .register_tiny_shapes_panoptic import register_tiny_shapes_panoptic
 from .register_tiny_shapes_sem_seg import register_tiny_shapes_sem_seg
 from .tiny_shapes import TINY_SHAPES_CLASSES, ensure_tiny_shapes, generate_tiny_shapes, register_tiny_shapes, tiny_shapes_root
@@ -24,3 +26,4 @@ register_tiny_shapes_panoptic()
 register_tiny_shapes_sem_seg()
 register_all_coco_panoptic_annos_sem_seg(_root)
 register_all_ade20k_panoptic(_root)
+register_objects365(_root)  # objects365_v2_{train,val}

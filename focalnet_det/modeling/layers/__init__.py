@@ -1,5 +1,12 @@
-"""Ops shared by head families: multi-scale deformable attention (Mask2Former's pixel decoder, DINO), pure PyTorch.
-Public: ``MSDeformAttn``, ``ms_deform_attn``, ``ms_deform_attn_core_pytorch``, ``compiled_op_available``."""
-from .ms_deform_attn import MSDeformAttn, compiled_op_available, ms_deform_attn, ms_deform_attn_core_pytorch
+"""Ops shared by head families: multi-scale deformable attention and its encoder layer (Mask2Former, DINO), pure PyTorch.
+Public: ``MSDeformAttn``, ``MSDeformAttnTransformerEncoderLayer``, ``ms_deform_attn``, ``ms_deform_attn_core_pytorch``."""
+from .ms_deform_attn import (
+    MSDeformAttn,
+    MSDeformAttnTransformerEncoderLayer,
+    compiled_op_available,
+    ms_deform_attn,
+    ms_deform_attn_core_pytorch,
+)
 
-__all__ = ["MSDeformAttn", "ms_deform_attn", "ms_deform_attn_core_pytorch", "compiled_op_available"]
+__all__ = ["MSDeformAttn", "MSDeformAttnTransformerEncoderLayer", "ms_deform_attn", "ms_deform_attn_core_pytorch",
+           "compiled_op_available"]

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["MSDeformAttn", "ms_deform_attn_core_pytorch", "ms_deform_attn", "compiled_op_available"]
+__all__ = ["MSDeformAttn", "MSDeformAttnTransformerEncoderLayer", "ms_deform_attn_core_pytorch", "ms_deform_attn",
+           "compiled_op_available"]
 
 logger = logging.getLogger(__name__)
 
@@ -178,3 +179,25 @@ class MSDeformAttn(nn.Module):
         output = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations, weights,
                                 self.im2col_step)
         return self.output_proj(output)
+
+
+class MSDeformAttnTransformerEncoderLayer(nn.Module):
+    """Post-norm encoder layer: deformable self-attention, then a ReLU feed-forward, each + residual + LayerNorm
+    (Deformable DETR's; the encoders of Mask2Former's pixel decoder and of DINO, with their official names)."""
+
+    def __init__(self, d_model=256, d_ffn=1024, dropout=0.1, n_levels=4, n_heads=8, n_points=4):
+        super().__init__()
+        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.dropout2 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.dropout3 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask=None):
+        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
+        src = self.norm1(src + self.dropout1(attended))
+        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
+        return self.norm2(src + self.dropout3(ffn))

@@ -25,7 +25,7 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
-from ..layers import MSDeformAttn
+from ..layers import MSDeformAttn, MSDeformAttnTransformerEncoderLayer
 from .position_encoding import PositionEmbeddingSine
 
 __all__ = [
@@ -38,27 +38,6 @@ __all__ = [
 # fixed by the official pixel decoder (not read from the config)
 ENCODER_DIM_FEEDFORWARD = 1024
 ENCODER_N_POINTS = 4
-
-
-class MSDeformAttnTransformerEncoderLayer(nn.Module):
-    """Post-norm layer: deformable self-attention, then a ReLU feed-forward, each + residual + LayerNorm."""
-
-    def __init__(self, d_model=256, d_ffn=1024, dropout=0.1, n_levels=4, n_heads=8, n_points=4):
-        super().__init__()
-        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
-        self.dropout1 = nn.Dropout(dropout)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
-        self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
-        self.dropout3 = nn.Dropout(dropout)
-        self.norm2 = nn.LayerNorm(d_model)
-
-    def forward(self, src, pos, reference_points, spatial_shapes, level_start_index, padding_mask=None):
-        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
-        src = self.norm1(src + self.dropout1(attended))
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
-        return self.norm2(src + self.dropout3(ffn))
 
 
 class MSDeformAttnTransformerEncoder(nn.Module):
