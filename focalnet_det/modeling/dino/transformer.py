@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import MSDeformAttn, MSDeformAttnTransformerEncoderLayer
+from ..layers import MSDeformAttn, MSDeformAttnTransformerEncoderLayer, init_deformable_transformer
 from .denoising import dn_attention_mask
 from .utils import MLP, inverse_sigmoid, sine_embed_boxes
 
@@ -170,12 +170,7 @@ class DeformableTransformer(nn.Module):
         self._reset_parameters()
 
     def _reset_parameters(self):
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        for m in self.modules():
-            if isinstance(m, MSDeformAttn):
-                m._reset_parameters()
+        init_deformable_transformer(self)
         nn.init.normal_(self.level_embed)
         nn.init.normal_(self.tgt_embed.weight)
 

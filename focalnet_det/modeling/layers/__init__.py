@@ -4,9 +4,10 @@ from .ms_deform_attn import (
     MSDeformAttn,
     MSDeformAttnTransformerEncoderLayer,
     compiled_op_available,
+    init_deformable_transformer,
     ms_deform_attn,
     ms_deform_attn_core_pytorch,
 )
 
-__all__ = ["MSDeformAttn", "MSDeformAttnTransformerEncoderLayer", "ms_deform_attn", "ms_deform_attn_core_pytorch",
-           "compiled_op_available"]
+__all__ = ["MSDeformAttn", "MSDeformAttnTransformerEncoderLayer", "init_deformable_transformer", "ms_deform_attn",
+           "ms_deform_attn_core_pytorch", "compiled_op_available"]

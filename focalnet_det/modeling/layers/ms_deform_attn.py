@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["MSDeformAttn", "MSDeformAttnTransformerEncoderLayer", "ms_deform_attn_core_pytorch", "ms_deform_attn",
-           "compiled_op_available"]
+__all__ = ["MSDeformAttn", "MSDeformAttnTransformerEncoderLayer", "init_deformable_transformer", "ms_deform_attn",
+           "ms_deform_attn_core_pytorch", "compiled_op_available"]
 
 logger = logging.getLogger(__name__)
 
@@ -201,3 +201,14 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
         src = self.norm1(src + self.dropout1(attended))
         ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout3(ffn))
+
+
+def init_deformable_transformer(module):
+    """Deformable DETR's initialisation of a transformer: Xavier for every matrix, then each ``MSDeformAttn``'s own
+    (sampling offsets on rings around the reference point, uniform attention)."""
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+    for m in module.modules():
+        if isinstance(m, MSDeformAttn):
+            m._reset_parameters()

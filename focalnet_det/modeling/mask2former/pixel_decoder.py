@@ -25,7 +25,7 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 
-from ..layers import MSDeformAttn, MSDeformAttnTransformerEncoderLayer
+from ..layers import MSDeformAttnTransformerEncoderLayer, init_deformable_transformer
 from .position_encoding import PositionEmbeddingSine
 
 __all__ = [
@@ -82,12 +82,7 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         self._reset_parameters()
 
     def _reset_parameters(self):
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        for m in self.modules():
-            if isinstance(m, MSDeformAttn):
-                m._reset_parameters()
+        init_deformable_transformer(self)
         nn.init.normal_(self.level_embed)
 
     def forward(self, srcs, pos_embeds):
