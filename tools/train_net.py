@@ -193,11 +193,8 @@ def cli(argv=None):
             dist_url=args.dist_url,
             args=(args,),
         )
-    except UserError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        sys.exit(2)
-    except ProcessRaisedException as e:  # a launched process failed: a user error is one line, as above
-        if "UserError: " not in str(e):
+    except (UserError, ProcessRaisedException) as e:  # the latter: a launched process failed, maybe by a UserError
+        if isinstance(e, ProcessRaisedException) and "UserError: " not in str(e):
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
