@@ -65,7 +65,7 @@ def seeded_rng(seed):
 class ResumableBatchSampler(torchdata.Sampler):
     """Infinite batches of ``(position, dataset index)`` for this rank, starting at batch ``start_iter``."""
 
-    def __init__(self, aspect_groups, batch_size, seed, *, shuffle=True, rank=0, world_size=1):
+    def __init__(self, aspect_groups, batch_size, seed, *, rank=0, world_size=1):
         """
         Args:
             aspect_groups: one group id per dataset item (batches never mix groups), e.g. width > height.
@@ -75,7 +75,6 @@ class ResumableBatchSampler(torchdata.Sampler):
         self.groups = list(aspect_groups)
         self.batch_size = batch_size
         self.seed = seed
-        self.shuffle = shuffle
         self.rank, self.world_size = rank, world_size
         self.start_iter = 0  # set by the trainer after a resume, read when iteration starts
 
@@ -83,10 +82,7 @@ class ResumableBatchSampler(torchdata.Sampler):
         """(global position, dataset index) for this rank, forever."""
         n, position, epoch = len(self.groups), 0, 0
         while True:
-            if self.shuffle:
-                order = torch.randperm(n, generator=torch.Generator().manual_seed(stream_seed(self.seed, epoch)))
-            else:
-                order = torch.arange(n)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(stream_seed(self.seed, epoch)))
             for idx in order.tolist():
                 if position % self.world_size == self.rank:
                     yield position, idx
@@ -128,9 +124,14 @@ class _SeededMapDataset(torchdata.Dataset):
 class _SkipUnreadable:
     """Iterates a loader of batches, dropping (and counting, and logging) the images that could not be read."""
 
-    def __init__(self, loader, batch_sampler):
-        self.loader, self.batch_sampler = loader, batch_sampler
+    def __init__(self, loader):
+        self.loader = loader
         self.skipped = 0
+
+    @property
+    def batch_sampler(self):
+        """Where the trainer sets ``start_iter`` after a resume."""
+        return self.loader.batch_sampler
 
     def __iter__(self):
         for batch in self.loader:
@@ -172,7 +173,7 @@ def build_resumable_train_loader(cfg, mapper):
         # its own generator: starting the loader then draws nothing from the global one the model uses
         generator=torch.Generator().manual_seed(seed),
     )
-    return _SkipUnreadable(loader, batch_sampler)
+    return _SkipUnreadable(loader)
 
 
 class ReadCheckedMapper:

@@ -1,7 +1,6 @@
 """Training across processes on any device: DDP without device ids on the CPU, SyncBN that works over gloo."""
 import logging
 
-import torch
 from torch import nn
 
 from detectron2.engine.defaults import create_ddp_model as _create_ddp_model
@@ -36,7 +35,7 @@ def adapt_sync_batchnorm(model):
                 new = replacement(child.num_features, eps=child.eps, momentum=child.momentum, affine=child.affine,
                                   track_running_stats=child.track_running_stats)
                 new.load_state_dict(child.state_dict())
-                setattr(parent, name, new.to(child.weight.device if child.affine else torch.device("cpu")))
+                setattr(parent, name, new)  # a CPU model: the new layer is already on the CPU
                 count += 1
     if count:
         how = f"NaiveSyncBatchNorm across {world_size} processes" if world_size > 1 else "BatchNorm2d in one process"
