@@ -28,6 +28,7 @@ setup(
         "tqdm",
         "setuptools<81",
     ],
-    # onnx / onnxruntime: tools/export_model.py --format onnx writes and checks ONNX graphs (and its tests)
-    extras_require={"dev": ["pytest", "onnx", "onnxruntime"]},
+    # onnx / onnxruntime: tools/export_model.py --format onnx writes and checks ONNX graphs (and its tests);
+    # transformers: the tests build Hugging Face FocalNet checkpoints (reading them needs only safetensors/torch)
+    extras_require={"dev": ["pytest", "onnx", "onnxruntime", "transformers"]},
 )

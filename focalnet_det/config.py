@@ -35,9 +35,10 @@ def load_config(config_file, opts=()):
 
 
 def check_weights_file(cfg):
-    """UserError when ``MODEL.WEIGHTS`` names a local file that does not exist (URLs are checked when fetched)."""
+    """UserError when ``MODEL.WEIGHTS`` names a local file (or Hugging Face model folder) that does not exist (URLs
+    are checked when fetched)."""
     weights = cfg.MODEL.WEIGHTS
-    if weights and "://" not in weights and not os.path.isfile(weights):
+    if weights and "://" not in weights and not (os.path.isfile(weights) or os.path.isdir(weights)):
         raise UserError(f"MODEL.WEIGHTS file not found: {weights}")
 
 

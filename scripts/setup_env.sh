@@ -41,8 +41,8 @@ else
   fi
 fi
 
-# onnx/onnxruntime (the dev extra): an older .venv without them gets them here too
-have "import focalnet_det, timm, fvcore, pycocotools, pytest, onnx, onnxruntime" || {
+# onnx/onnxruntime, transformers (the dev extra): an older .venv without them gets them here too
+have "import focalnet_det, timm, fvcore, pycocotools, pytest, onnx, onnxruntime, transformers" || {
   echo "[setup] installing focalnet_det (editable) and its requirements"
   $PIP install -e '.[dev]'
 }

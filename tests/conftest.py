@@ -1,3 +1,4 @@
+import logging
 import os
 import sys
 
@@ -17,3 +18,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _focalnet_logs_reach_caplog():
+    """Tools run in-process call Detectron2's ``setup_logger(name="focalnet_det")``, which stops the package's
+    records from propagating to the root logger, where caplog listens: let them through again after each test."""
+    yield
+    logging.getLogger("focalnet_det").propagate = True

@@ -283,10 +283,10 @@ def test_detectron2_checkpoint_resume_and_prefix_remap(tmp_path):
 
 
 def test_load_from_http_url(tmp_path, monkeypatch):
-    """An http URL is downloaded through Detectron2's PathManager cache, then converted as a local file."""
+    """An http URL is downloaded into $FOCALNET_DET_CACHE/weights, then converted as a local file."""
     (tmp_path / "srv").mkdir()
     cls_net = official_checkpoint(str(tmp_path / "srv" / "focalnet_url.pth"))
-    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FOCALNET_DET_CACHE", str(tmp_path / "cache"))
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "srv"))
     handler.log_message = lambda *a: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -297,6 +297,7 @@ def test_load_from_http_url(tmp_path, monkeypatch):
     finally:
         server.shutdown()
     assert_backbone_equal(model.backbone, cls_net)
+    assert (tmp_path / "cache" / "weights" / "focalnet_url.pth").is_file()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -359,15 +360,26 @@ def test_errors_in_checkpointer(bad_files):
 
 
 def test_wrong_variant_names_keys(tmp_path):
-    """A checkpoint of another variant: shape mismatches or missing backbone keys are errors, not warnings."""
+    """A checkpoint of another variant names the MODEL.FOCALNET key (tests/test_inspect.py has every key); a damaged
+    one (a key missing, a shape changed) names the keys. Errors, not warnings."""
     path = str(tmp_path / "cls.pth")
     official_checkpoint(path)
     wider = Wrapper(FocalNet(embed_dim=2 * DIM, depths=DEPTHS))
-    with pytest.raises(UserError, match=r"shapes differ.*patch_embed\.proj\.weight \(16, 3, 4, 4\) vs model \(32"):
+    with pytest.raises(UserError, match=r"^MODEL\.FOCALNET\.EMBED_DIM: the checkpoint has 16, the config says 32"):
         FocalNetCheckpointer(wider).load(path)
     deeper = Wrapper(FocalNet(embed_dim=DIM, depths=(1, 1, 3, 1)))
-    with pytest.raises(UserError, match=r"lacks FocalNet backbone keys.*backbone\.layers\.2\.blocks\.2\.norm1"):
+    with pytest.raises(UserError, match=r"^MODEL\.FOCALNET\.DEPTHS: the checkpoint has \[1, 1, 2, 1\], the config says"):
         FocalNetCheckpointer(deeper).load(path)
+    sd = torch.load(path, weights_only=True)["model"]
+    norm1 = sd.pop("layers.2.blocks.1.norm1.weight")
+    torch.save({"model": sd}, path)
+    with pytest.raises(UserError, match=r"lacks FocalNet backbone keys.*backbone\.layers\.2\.blocks\.1\.norm1\.weight"):
+        FocalNetCheckpointer(Wrapper(FocalNet(embed_dim=DIM, depths=DEPTHS))).load(path)
+    sd["layers.2.blocks.1.norm1.weight"] = norm1
+    sd["layers.1.blocks.0.mlp.fc1.weight"] = sd["layers.1.blocks.0.mlp.fc1.weight"][:-1]
+    torch.save({"model": sd}, path)
+    with pytest.raises(UserError, match=r"shapes differ.*layers\.1\.blocks\.0\.mlp\.fc1\.weight \(127, 32\) vs model"):
+        FocalNetCheckpointer(Wrapper(FocalNet(embed_dim=DIM, depths=DEPTHS))).load(path)
 
 
 def test_errors_in_tool(bad_files, tmp_path, capsys):

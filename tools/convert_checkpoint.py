@@ -2,6 +2,7 @@
 """Convert a FocalNet checkpoint to a Detectron2 checkpoint of the backbone (MODEL.WEIGHTS-ready).
 
 Converting is optional: FocalNetCheckpointer (used by tools/train_net.py) reads all these inputs directly.
+--inspect FILE prints what a checkpoint holds (format, variant, MODEL.FOCALNET, heads, fitting configs) instead.
 """
 import argparse
 import logging
@@ -25,6 +26,14 @@ from focalnet_det.checkpoint import (  # noqa: E402
 )
 from focalnet_det.checkpoint.mmseg import is_mmseg_upernet, mmseg_upernet_to_detectron2  # noqa: E402
 from focalnet_det.checkpoint.dino import is_official_dino, official_dino_to_detectron2  # noqa: E402
+from focalnet_det.checkpoint.mmdet import (  # noqa: E402
+    is_mmdet_detector,
+    is_mmdet_rcnn,
+    log_mmdet_meta,
+    mmdet_rcnn_to_detectron2,
+)
+from focalnet_det.checkpoint.download import download, is_url  # noqa: E402
+from focalnet_det.checkpoint.inspect import format_report, inspect_checkpoint  # noqa: E402
 from focalnet_det.errors import UserError  # noqa: E402
 
 logger = logging.getLogger("convert_checkpoint")
@@ -35,10 +44,19 @@ Input formats, detected from the keys (not from the file name):
                and "module."-prefixed ones too); the classification head and final norm are dropped
   timm         a timm FocalNet state dict, .safetensors or .pth (stem.*, downsample at stage start, 1x1-conv
                linears); renamed to the official layout
+  huggingface  a Hugging Face transformers FocalNet (the Hub's microsoft/focalnet-*): its model.safetensors or
+               pytorch_model.bin, or the folder holding it (sharded: its *.index.json); embeddings.*,
+               encoder.stages.* renamed to the official layout, classifier and final layernorm dropped. The
+               weights do not show use_post_layernorm or normalize_modulator: the model's MODEL.FOCALNET
+               decides (the loader warns where it disagrees with the folder's config.json)
   mmdet/mmseg  an official FocalNet detection/segmentation checkpoint ("state_dict" with backbone.* and
                heads); the backbone part is kept, except for a released mmseg UPerNet (decode_head.*,
                auxiliary_head.*), which is converted whole for configs/ADE20K-SemanticSegmentation:
-               backbone.*, sem_seg_head.*, sem_seg_head.auxiliary_head.* (--prefix does not apply)
+               backbone.*, sem_seg_head.*, sem_seg_head.auxiliary_head.* (--prefix does not apply), and a
+               released mmdet Mask R-CNN / Cascade Mask R-CNN (neck.*, rpn_head.*, roi_head.*), converted whole
+               for configs/COCO-InstanceSegmentation: backbone.bottom_up.*, backbone.fpn_*,
+               proposal_generator.*, roi_heads.* (--prefix does not apply); other mmdet detectors (ATSS,
+               Sparse R-CNN) give their backbone
   DINO         an official DINO / FocalNet-DINO checkpoint ({"model": ...} with transformer.*, label_enc,
                backbone.0.*): converted whole for the DINO configs (backbone.0. -> backbone., the decoder's
                shared class/box heads kept once); --prefix does not apply
@@ -59,8 +77,15 @@ def get_parser():
     parser = argparse.ArgumentParser(
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("input", metavar="IN", help="checkpoint to convert (.pth, .pkl, .safetensors)")
-    parser.add_argument("output", metavar="OUT", help="Detectron2 checkpoint to write (.pth or .pkl)")
+    parser.add_argument("input", metavar="IN", nargs="?", help="checkpoint to convert (.pth, .pkl, .safetensors, "
+                        "or a Hugging Face model folder), or its http(s) URL (downloaded into "
+                        "$FOCALNET_DET_CACHE/weights)")
+    parser.add_argument("output", metavar="OUT", nargs="?", help="Detectron2 checkpoint to write (.pth or .pkl)")
+    parser.add_argument(
+        "--inspect", metavar="FILE",
+        help="print what FILE (a checkpoint, folder or URL) holds instead of converting: its format, FocalNet variant, "
+        "the MODEL.FOCALNET values its weights imply, its heads and the configs in configs/ that fit it",
+    )
     parser.add_argument(
         "--prefix",
         default="backbone.",
@@ -80,8 +105,10 @@ def get_parser():
 
 def convert(input_path, focal_windows=None, focal_levels=None):
     """Read ``input_path`` and return ``(official-layout backbone state dict, detected format)``; for a released
-    mmseg UPerNet ``(the whole model's state dict under this project's keys, "mmseg-upernet")``."""
-    state_dict, wrapper = find_state_dict(read_checkpoint(input_path))
+    mmseg UPerNet or mmdet (Cascade) Mask R-CNN ``(the whole model's state dict under this project's keys,
+    "mmseg-upernet" / "mmdet-rcnn")``."""
+    loaded = read_checkpoint(input_path)
+    state_dict, wrapper = find_state_dict(loaded)
     if state_dict is None:
         raise UserError(f"no state dict found in {input_path}")
     fmt = detect_format(state_dict, wrapper)
@@ -95,6 +122,14 @@ def convert(input_path, focal_windows=None, focal_levels=None):
         if focal_windows or focal_levels:
             raise UserError("--focal-windows/--focal-levels apply to backbones, not to a whole mmseg UPerNet checkpoint")
         return mmseg_upernet_to_detectron2(state_dict), "mmseg-upernet"
+    if fmt == "mm" and is_mmdet_rcnn(state_dict):  # the whole model, under this project's keys
+        if focal_windows or focal_levels:
+            raise UserError("--focal-windows/--focal-levels apply to backbones, not to a whole mmdet R-CNN checkpoint")
+        log_mmdet_meta(loaded, input_path)
+        return mmdet_rcnn_to_detectron2(state_dict, input_path), "mmdet-rcnn"
+    if fmt == "mm" and is_mmdet_detector(state_dict):
+        logger.info(f"{input_path}: an mmdet detector without an R-CNN head (e.g. ATSS, Sparse R-CNN): only its "
+                    f"backbone is converted")
     try:
         backbone = to_official_backbone(state_dict, fmt)
     except UserError as e:
@@ -105,12 +140,32 @@ def convert(input_path, focal_windows=None, focal_levels=None):
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
-    # information on stdout: stderr carries only the error line
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if not args.inspect and not (args.input and args.output):
+        parser.error("IN and OUT are required (unless --inspect FILE is given)")
+    # information on stdout, for this call only (main may run in-process): stderr carries only the error line
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
     try:
-        backbone, fmt = convert(args.input, args.focal_windows, args.focal_levels)
-        prefix = "" if fmt in ("mmseg-upernet", "dino") else args.prefix
+        return run(args)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def run(args):
+    try:
+        if args.inspect:
+            print(format_report(inspect_checkpoint(download(args.inspect) if is_url(args.inspect) else args.inspect)))
+            return 0
+        source = download(args.input) if is_url(args.input) else args.input
+        backbone, fmt = convert(source, args.focal_windows, args.focal_levels)
+        prefix = "" if fmt in ("mmseg-upernet", "dino", "mmdet-rcnn") else args.prefix
         model = {prefix + k: v.contiguous() for k, v in backbone.items()}
         out = {"model": model, "__author__": "focalnet_det", "matching_heuristics": False}
         try:

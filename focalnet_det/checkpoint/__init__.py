@@ -1,4 +1,5 @@
-"""Loading FocalNet weights: official, timm, mmdet/mmseg and Detectron2 checkpoints; focal kernel adaptation."""
+"""Loading FocalNet weights: official, timm, Hugging Face, mmdet/mmseg and Detectron2 checkpoints; focal kernel
+adaptation."""
 from .adapt import adapt_focal_kernels, config_target_shapes, new_focal_level_keys
 from .convert import (
     FORMATS,
@@ -11,6 +12,7 @@ from .convert import (
     to_official_backbone,
 )
 from .detection_checkpoint import FocalNetCheckpointer, focalnet_prefix
+from .huggingface import hf_config_to_focalnet, huggingface_to_official, is_huggingface, read_huggingface_folder
 
 __all__ = [
     "FocalNetCheckpointer",
@@ -21,6 +23,10 @@ __all__ = [
     "detect_format",
     "to_official_backbone",
     "timm_to_official",
+    "is_huggingface",
+    "huggingface_to_official",
+    "read_huggingface_folder",
+    "hf_config_to_focalnet",
     "focalnet_prefix_in",
     "describe_keys",
     "adapt_focal_kernels",

@@ -6,6 +6,8 @@ Layouts (``detect_format`` tells them apart by their keys, not by file names):
   ``teacher`` wrapped state dict, possibly with ``module.``); ``head.*`` and the final ``norm.*`` are dropped.
 - ``timm``: timm's FocalNet (``stem.*``, downsample at the start of the next stage, 1x1-conv linears),
   ``.safetensors`` or ``.pth``; renamed to the official layout.
+- ``huggingface``: a ``transformers`` FocalNet (``embeddings.*``, ``encoder.stages.*``; the Hub's
+  ``microsoft/focalnet-*``), a file or its model folder; renamed to the official layout (see ``huggingface.py``).
 - ``mm``: an mmdet/mmseg detection or segmentation checkpoint (``state_dict`` with ``backbone.*`` plus
   heads); its ``backbone.*`` part is taken.
 - ``detectron2``: anything else wrapped as ``{"model": sd}`` (including this project's own checkpoints);
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from .huggingface import huggingface_to_official, is_huggingface, read_huggingface_folder
 
 __all__ = [
     "FORMATS",
@@ -38,7 +41,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("official", "timm", "mm", "detectron2", "unknown")
+FORMATS = ("official", "timm", "huggingface", "mm", "detectron2", "unknown")
 _STEM = "patch_embed.proj.weight"  # present in every official-layout FocalNet state dict
 _WRAPPERS = ("model", "state_dict", "teacher", "module")
 
@@ -64,10 +67,13 @@ def torch_load(path):
 
 
 def read_checkpoint(path):
-    """Read a local checkpoint file: ``.safetensors``, Detectron2 ``.pkl`` or anything ``torch.load`` reads.
+    """Read a local checkpoint file: ``.safetensors``, Detectron2 ``.pkl`` or anything ``torch.load`` reads; or a
+    Hugging Face model folder.
 
     Raises UserError if the file is missing or cannot be read.
     """
+    if os.path.isdir(path) or path.endswith(".index.json"):  # a Hugging Face model folder or shard index
+        return read_huggingface_folder(path)
     if not os.path.isfile(path):
         raise UserError(f"weights file not found: {path}")
     try:
@@ -124,6 +130,8 @@ def detect_format(state_dict, wrapper=None):
     """Which layout a (``find_state_dict``-unwrapped) state dict is in; one of ``FORMATS``."""
     if "stem.proj.weight" in state_dict and any(k.startswith("layers.") for k in state_dict):
         return "timm"
+    if is_huggingface(state_dict):
+        return "huggingface"
     if _STEM in state_dict:
         return "official"
     if "backbone." + _STEM in state_dict and wrapper == "state_dict":
@@ -179,6 +187,8 @@ def to_official_backbone(state_dict, fmt):
     """
     if fmt == "timm":
         return timm_to_official(state_dict)
+    if fmt == "huggingface":
+        return huggingface_to_official(state_dict)
     if fmt == "official":
         return {k: v for k, v in state_dict.items() if not k.startswith(("head.", "norm."))}
     prefix = focalnet_prefix_in(state_dict)

@@ -9,8 +9,18 @@ from detectron2.checkpoint import DetectionCheckpointer
 from ..errors import UserError
 from ..modeling.backbone.focalnet import FocalNet
 from .adapt import adapt_focal_kernels, new_focal_level_keys
+from .huggingface import huggingface_weights_file, read_huggingface_folder, warn_hf_config_mismatch
+from .download import download, is_url
+from .inspect import check_backbone_structure, stated_focalnet_config
 from .mmseg import is_mmseg_upernet, mmseg_upernet_to_detectron2
 from .dino import fit_dino_state_dict, is_official_dino, official_dino_to_detectron2
+from .mmdet import (
+    fit_mmdet_rcnn_state_dict,
+    is_mmdet_detector,
+    is_mmdet_rcnn,
+    log_mmdet_meta,
+    mmdet_rcnn_to_detectron2,
+)
 from .convert import (
     describe_keys,
     detect_format,
@@ -26,6 +36,8 @@ __all__ = ["FocalNetCheckpointer", "focalnet_prefix"]
 logger = logging.getLogger(__name__)
 
 _OUTPUT_NORM = re.compile(r"^norm\d+\.")  # norm0..3: new in detection, absent from classification weights
+# formats converted as a whole model -> their strict check against the model
+_WHOLE_MODEL = {"dino": fit_dino_state_dict, "mmdet-rcnn": fit_mmdet_rcnn_state_dict}
 
 
 def focalnet_prefix(model):
@@ -75,13 +87,17 @@ class _AtomicWrites:
 
 
 class FocalNetCheckpointer(DetectionCheckpointer):
-    """A drop-in ``DetectionCheckpointer`` that also loads official FocalNet, timm and mmdet/mmseg weights.
+    """A drop-in ``DetectionCheckpointer`` that also loads official FocalNet, timm, Hugging Face (a file or its model
+    folder) and mmdet/mmseg weights.
 
-    ``load(path)`` takes a local path or an http(s) URL (downloaded and cached by Detectron2's PathManager).
+    ``load(path)`` takes a local path or an http(s) URL (downloaded once into ``$FOCALNET_DET_CACHE/weights``,
+    see ``download``).
     Non-Detectron2 layouts are converted to the official backbone layout, placed under the model's FocalNet
     (``backbone.`` or ``backbone.bottom_up.``), their focal kernels/levels adapted to the model's, and loaded
     strictly for the backbone: every backbone key but the output norms ``norm0..3`` must be present with the
-    model's shape, otherwise UserError. The heads keep their initialisation.
+    model's shape, otherwise UserError. The heads keep their initialisation. Whole released models are
+    converted whole instead: an mmseg UPerNet, an official DINO and an mmdet Mask R-CNN / Cascade Mask R-CNN
+    (``mmdet.py``; the last two loaded strictly: a missing, extra or mis-shaped key is a UserError naming it).
 
     A Detectron2 checkpoint loads as usual (resuming optimizer, scheduler, iteration), after two fixes to its
     FocalNet part: ``backbone.`` <-> ``backbone.bottom_up.`` are remapped to where the model's FocalNet sits,
@@ -93,25 +109,33 @@ class FocalNetCheckpointer(DetectionCheckpointer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.path_manager = _AtomicWrites(self.path_manager)
+        self._stated = {}  # MODEL.FOCALNET values the file being loaded states beside its weights
 
     def load(self, path, *args, **kwargs):
         if path:
-            self._check_readable(path)
+            path = self._check_readable(path)
         return super().load(path, *args, **kwargs)
 
     def _check_readable(self, path):
-        """UserError for a missing local file or a URL that cannot be downloaded (instead of an assert)."""
-        bare = urlparse(path)._replace(query="").geturl()
+        """The path to load: an http(s) URL downloaded (its query kept for Detectron2, e.g.
+        ``?matching_heuristics=True``); UserError for a missing local file or a URL that cannot be fetched."""
+        parsed = urlparse(path)
+        bare = parsed._replace(query="").geturl()
+        if is_url(bare):
+            return download(bare) + (f"?{parsed.query}" if parsed.query else "")
         if "://" not in bare:
+            if os.path.isdir(bare):  # a Hugging Face model folder: its weights file
+                return huggingface_weights_file(bare)
             if not os.path.isfile(bare):
                 raise UserError(f"weights file not found: {path}")
-            return
+            return path
         try:
             local = self.path_manager.get_local_path(bare)  # cached: the later call in load() reuses it
         except Exception as e:
             raise UserError(f"cannot download weights {path}: {type(e).__name__}: {e}") from e
         if not os.path.isfile(local):
             raise UserError(f"weights file not found: {path}")
+        return path
 
     def _torch_load(self, f):
         return torch_load(f)
@@ -124,6 +148,8 @@ class FocalNetCheckpointer(DetectionCheckpointer):
                 from safetensors.torch import load_file
 
                 loaded = {"model": load_file(filename, device="cpu")}
+            elif filename.endswith(".index.json"):  # a sharded Hugging Face model
+                loaded = {"model": read_huggingface_folder(filename)}
             else:
                 loaded = super()._load_file(filename)
         except UserError:
@@ -136,12 +162,23 @@ class FocalNetCheckpointer(DetectionCheckpointer):
             top = loaded["model"] if isinstance(loaded["model"], dict) else loaded
             raise UserError(f"no state dict found in {filename}; top-level keys: {describe_keys(top)}")
         fmt = detect_format(state_dict, wrapper)
+        self._stated = stated_focalnet_config(state_dict, fmt)  # what official weights cannot show (timm's post-LN)
+        if fmt == "huggingface":  # config.json beside it shows the flags the weights cannot
+            warn_hf_config_mismatch(filename, next((m for m in self.model.modules() if isinstance(m, FocalNet)), None))
         if is_official_dino(state_dict) and hasattr(self.model, "transformer") and hasattr(self.model, "label_enc"):
             logger.info(f"checkpoint {filename}: official DINO layout, renamed to this project's DINO keys")
             return {"model": official_dino_to_detectron2(state_dict), "__focalnet_format__": "dino"}
         if fmt == "mm" and is_mmseg_upernet(state_dict):  # a released UPerNet: the whole model, renamed
             logger.info(f"FocalNet checkpoint {filename}: mmseg UPerNet, renamed to this project's UPerNet keys")
             state_dict, fmt = mmseg_upernet_to_detectron2(state_dict), "detectron2"
+        if fmt == "mm" and is_mmdet_detector(state_dict):
+            rcnn = is_mmdet_rcnn(state_dict)
+            if rcnn and hasattr(self.model, "roi_heads"):  # a released (Cascade) Mask R-CNN: whole, strictly
+                logger.info(f"FocalNet checkpoint {filename}: mmdet R-CNN, renamed to this project's keys")
+                log_mmdet_meta(loaded, filename)
+                return {"model": mmdet_rcnn_to_detectron2(state_dict, filename), "__focalnet_format__": "mmdet-rcnn"}
+            why = "the model has no R-CNN heads" if rcnn else "its heads are not an R-CNN's (e.g. ATSS, Sparse R-CNN)"
+            logger.info(f"FocalNet checkpoint {filename}: mmdet detector; only its backbone is loaded ({why})")
         if fmt in ("detectron2", "unknown"):  # Detectron2's own loading; non-FocalNet keys fail in _load_model
             loaded["model"] = state_dict
             loaded["__focalnet_format__"] = fmt
@@ -151,9 +188,11 @@ class FocalNetCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint):
         filename = getattr(self, "_loading_file", "checkpoint")
-        if checkpoint.get("__focalnet_format__") == "dino":  # the whole model, checked strictly
+        fit = _WHOLE_MODEL.get(checkpoint.get("__focalnet_format__"))
+        if fit is not None:  # the whole model, checked strictly
             checkpoint.pop("__focalnet_format__")
-            checkpoint["model"] = fit_dino_state_dict(self.model, checkpoint["model"], filename)
+            self._check_structure(checkpoint["model"], filename)
+            checkpoint["model"] = fit(self.model, checkpoint["model"], filename)
             checkpoint["matching_heuristics"] = False
             return super()._load_model(checkpoint)
         converted = checkpoint.pop("__focalnet_format__", "detectron2") not in ("detectron2", "unknown")
@@ -187,9 +226,18 @@ class FocalNetCheckpointer(DetectionCheckpointer):
             logger.info(f"FocalNet checkpoint: {len(heads)} keys outside the backbone keep their initialisation")
         return incompatible
 
+    def _check_structure(self, state_dict, filename):
+        """UserError naming the MODEL.FOCALNET key when the FocalNet in a whole-model state dict has another
+        structure than the model's (``inspect.check_backbone_structure``)."""
+        prefix, ckpt_prefix = focalnet_prefix(self.model), focalnet_prefix_in(state_dict)
+        if prefix is not None and ckpt_prefix is not None:
+            backbone = {k[len(ckpt_prefix) :]: v for k, v in state_dict.items() if k.startswith(ckpt_prefix)}
+            check_backbone_structure(backbone, self.model.get_submodule(prefix[:-1]), filename, self._stated)
+
     def _prepare_backbone(self, backbone_sd, prefix, filename):
         """Adapt an official-layout backbone state dict to the model's FocalNet at ``prefix``, check that it
         covers the backbone (output norms and new focal levels excepted), and return it prefixed."""
+        check_backbone_structure(backbone_sd, self.model.get_submodule(prefix[:-1]), filename, self._stated)
         model_sd = {k[len(prefix) :]: v for k, v in self.model.state_dict().items() if k.startswith(prefix)}
         backbone_sd = adapt_focal_kernels(backbone_sd, {k: v.shape for k, v in model_sd.items()})
 

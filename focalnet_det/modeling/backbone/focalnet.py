@@ -29,6 +29,8 @@ __all__ = ["FocalNet", "build_focalnet_backbone", "build_focalnet_fpn_backbone"]
 
 # oneDNN convolution with a fused element-wise epilogue (what torch.compile emits on CPUs); optional
 _CONV_POINTWISE = getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+# its bf16 kernels need AVX-512 (or AVX-NE-CONVERT); on other CPUs it raises where F.conv2d falls back
+_CONV_POINTWISE_BF16 = _CONV_POINTWISE is not None and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def _cpu_inference(x):
@@ -94,10 +96,11 @@ def conv_gelu(x, weight, bias):
     """``gelu(conv2d(x))`` for a 1x1 convolution. In CPU inference a single oneDNN call applies the GELU while the
     output is still in cache, instead of a second pass over memory."""
     if _CONV_POINTWISE is not None and _cpu_inference(x) and x.dtype in (torch.float32, torch.bfloat16):
-        if torch.is_autocast_enabled("cpu"):  # a raw op is not autocast: cast as F.conv2d would
-            dtype = torch.get_autocast_dtype("cpu")
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        if dtype == torch.float32 or (dtype == torch.bfloat16 and _CONV_POINTWISE_BF16):
+            # a raw op is not autocast: cast as F.conv2d would
             x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
-        return _CONV_POINTWISE(x, weight, bias, [0, 0], [1, 1], [1, 1], 1, "gelu", [None], "none")
+            return _CONV_POINTWISE(x, weight, bias, [0, 0], [1, 1], [1, 1], 1, "gelu", [None], "none")
     return F.gelu(F.conv2d(x, weight, bias))
 
 
