@@ -24,6 +24,7 @@ from focalnet_det.checkpoint import (
 from focalnet_det.errors import UserError
 
 import convert_checkpoint  # tools/, on the path (conftest)
+from test_checkpoint import randomize
 
 DIM, DEPTHS = 16, [1, 1, 2, 1]
 # not multiples of 32: both implementations pad to the patch grid on the right and bottom (stage 0: 16x23)
@@ -54,15 +55,6 @@ VARIANTS = {
 def hf_config(**flags):
     return FocalNetConfig(embed_dim=DIM, depths=DEPTHS, hidden_sizes=[2 * DIM, 4 * DIM, 8 * DIM, 8 * DIM],
                           drop_path_rate=0.0, num_labels=5, **flags)
-
-
-def randomize(model, seed=0):
-    """Perturb every parameter (norms, layerscale, biases too), so that each carries information."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return model.eval()
 
 
 def hf_model(cls=FocalNetModel, seed=0, **flags):

@@ -12,18 +12,16 @@ import re
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_backbone, build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from focalnet_det import add_focalnet_config
 from focalnet_det.checkpoint import FocalNetCheckpointer
 from focalnet_det.errors import UserError
+from test_backbone import load_cfg  # same configs folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(ROOT, "configs", "COCO-InstanceSegmentation")
 TOOL = os.path.join(ROOT, "tools", "convert_checkpoint.py")
 _spec = importlib.util.spec_from_file_location("convert_checkpoint", TOOL)  # tools/ is not a package
 convert_checkpoint = importlib.util.module_from_spec(_spec)
@@ -36,14 +34,6 @@ CASCADE = "cascade_mask_rcnn_focalnet_tiny_lrf_3x.yaml"
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread):
     """Tiny models on shared cores (conftest's fixture)."""
-
-
-def load_cfg(name, *opts):
-    cfg = get_cfg()
-    add_focalnet_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIGS, name))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *opts])
-    return cfg
 
 
 def tiny_cfg(name, *opts):

@@ -239,6 +239,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     reuse_freed_memory()  # large CPU buffers: reused instead of page-faulted anew (focalnet_det/allocator.py)
 
+    if DEVICE == "cpu" and "bf16" in args.modes and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        print("note: this CPU has no native bf16 (oneDNN needs AVX-512 or AVX-NE-CONVERT): bf16 autocast runs "
+              "PyTorch's reference kernels and is slower than fp32 here", file=sys.stderr)
     cfg = load_cfg(args.config_file, args.opts)
     if args.compare_r50:
         # random weights make the number of detections arbitrary (0 for one model, 100 for the other): keep every
