@@ -21,8 +21,19 @@ def one_thread():
 
 
 @pytest.fixture(autouse=True)
-def _focalnet_logs_reach_caplog():
-    """Tools run in-process call Detectron2's ``setup_logger(name="focalnet_det")``, which stops the package's
-    records from propagating to the root logger, where caplog listens: let them through again after each test."""
+def _isolated_logging():
+    """Tools run in-process configure logging as programs do: Detectron2's (cached) ``setup_logger`` binds handlers
+    to this test's captured stdout, which is closed afterwards, and stops propagation to the root logger, where
+    caplog listens; logging config calls may disable loggers. Put every named logger back after each test."""
+    from detectron2.utils.logger import setup_logger
+
+    loggers = logging.Logger.manager.loggerDict
+    before = {name: (lg.handlers[:], lg.propagate, lg.disabled, lg.level)
+              for name, lg in loggers.items() if isinstance(lg, logging.Logger)}
     yield
-    logging.getLogger("focalnet_det").propagate = True
+    for name, lg in list(loggers.items()):
+        if isinstance(lg, logging.Logger):
+            handlers, lg.propagate, lg.disabled, level = before.get(name, ([], True, False, logging.NOTSET))
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+    setup_logger.cache_clear()  # the next in-process tool sets its handlers up again, on its own stdout
