@@ -175,22 +175,6 @@ def hf_config_to_focalnet(config_json):
     return out
 
 
-def _model_settings(net):
-    """The settings of a built FocalNet backbone, under the keys of ``hf_config_to_focalnet`` but FOCAL_WINDOWS."""
-    blocks = [layer.blocks[0] for layer in net.layers]
-    stem = net.patch_embed
-    return {
-        "EMBED_DIM": net.num_features[0],
-        "DEPTHS": [len(layer.blocks) for layer in net.layers],
-        "FOCAL_LEVELS": [b.modulation.focal_level for b in blocks],
-        "USE_CONV_EMBED": stem.proj.kernel_size[0] != stem.patch_size,
-        "USE_POSTLN": blocks[0].use_postln,
-        "USE_LAYERSCALE": blocks[0].gamma_1 is not None,
-        "NORMALIZE_MODULATOR": blocks[0].modulation.normalize_modulator,
-        "USE_POSTLN_IN_MODULATION": blocks[0].modulation.ln is not None,
-    }
-
-
 def warn_hf_config_mismatch(weights_file, net):
     """Warn, one line per key, where the ``config.json`` beside ``weights_file`` and the FocalNet ``net`` being
     loaded disagree. ``normalize_modulator`` and ``use_post_layernorm`` matter most: no weight shows them.
@@ -204,7 +188,11 @@ def warn_hf_config_mismatch(weights_file, net):
             logger.warning(f"{path}: {hf_key} = {config[hf_key]}, but this FocalNet always uses {value}")
     hf_names = {key: hf_key for hf_key, (key, _) in _CONFIG_KEYS.items()}
     expected = hf_config_to_focalnet(config)
-    for key, value in _model_settings(net).items():
+    from .inspect import model_focalnet_config  # inspect imports this module
+
+    model = model_focalnet_config(net)
+    for key in expected.keys() - {"FOCAL_WINDOWS"}:
+        value = model[key]
         if expected[key] != value:
             logger.warning(
                 f"{path}: {hf_names[key]} = {expected[key]}, but the model has MODEL.FOCALNET.{key} = {value} "
