@@ -181,11 +181,7 @@ def main(args):
 
 
 def cli(argv=None):
-    parser = default_argument_parser(epilog=__doc__)
-    args = parser.parse_args(argv)
-    dist_url = args.dist_url
-    if args.num_machines == 1 and dist_url == parser.get_default("dist_url"):
-        dist_url = "auto"  # a free port: the fixed default may still be held by the workers of a run just killed
+    args = default_argument_parser(epilog=__doc__).parse_args(argv)
     try:
         # data and config mistakes are found here, once, before any process starts
         check_config(load_config(args.config_file, args.opts), eval_only=args.eval_only, resume=args.resume)
@@ -194,7 +190,7 @@ def cli(argv=None):
             args.num_gpus,
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
-            dist_url=dist_url,
+            dist_url=args.dist_url,
             args=(args,),
         )
     except (UserError, ProcessRaisedException) as e:  # the latter: a launched process failed, maybe by a UserError
