@@ -8,7 +8,8 @@ Examples:
   python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS output/model_final.pth
 
 COCO: point DETECTRON2_DATASETS at the folder holding coco/ (Detectron2's layout); the built-in
-tiny_shapes_{train,val} datasets need nothing. Without a GPU the model runs on the CPU in fp32.
+tiny_shapes_{train,val} datasets need nothing. Your own data: --register-coco NAME JSON IMAGE_DIR (and
+--register-coco-panoptic, --register-sem-seg; README "Train on your own data"), then DATASETS.TRAIN '("NAME",)'. Without a GPU the model runs on the CPU in fp32.
 """
 import logging
 import os
@@ -37,7 +38,14 @@ from detectron2.utils.logger import setup_logger
 from focalnet_det.allocator import reuse_freed_memory
 from focalnet_det.checkpoint import FocalNetCheckpointer
 from focalnet_det.config import load_config
-from focalnet_det.data import ReadCheckedMapper, build_detection_augmentation, build_resumable_train_loader, build_train_mapper
+from focalnet_det.data import (
+    ReadCheckedMapper,
+    add_dataset_arguments,
+    build_detection_augmentation,
+    build_resumable_train_loader,
+    build_train_mapper,
+    register_datasets_from_args,
+)
 from focalnet_det.engine import SeedEveryIteration, adapt_sync_batchnorm, check_config, create_ddp_model
 from focalnet_det.errors import UserError, one_line
 from focalnet_det.evaluation import build_maskformer_evaluators, build_sem_seg_evaluator
@@ -163,6 +171,7 @@ def setup(args):
 
 def main(args):
     reuse_freed_memory()  # in every launched process: large CPU buffers reused, not page-faulted anew
+    register_datasets_from_args(args)  # again in every launched process (a spawned one starts without them)
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
@@ -181,8 +190,9 @@ def main(args):
 
 
 def cli(argv=None):
-    args = default_argument_parser(epilog=__doc__).parse_args(argv)
+    args = add_dataset_arguments(default_argument_parser(epilog=__doc__)).parse_args(argv)
     try:
+        register_datasets_from_args(args)
         # data and config mistakes are found here, once, before any process starts
         check_config(load_config(args.config_file, args.opts), eval_only=args.eval_only, resume=args.resume)
         launch(
