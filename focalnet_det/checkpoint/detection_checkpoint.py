@@ -9,6 +9,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from ..errors import UserError
 from ..modeling.backbone.focalnet import FocalNet
 from .adapt import adapt_focal_kernels, new_focal_level_keys
+from .class_heads import fit_class_heads  # issue 19's hook in _load_model
 from .huggingface import huggingface_weights_file, read_huggingface_folder, warn_hf_config_mismatch
 from .download import download, is_url
 from .inspect import check_backbone_structure, stated_focalnet_config
@@ -212,6 +213,8 @@ class FocalNetCheckpointer(DetectionCheckpointer):
             rest = {k: v for k, v in state_dict.items() if not k.startswith(ckpt_prefix)}
             state_dict = {**rest, **self._prepare_backbone(backbone, prefix, filename)}
         checkpoint["model"] = state_dict
+        # issue 19 hook, keep it: a whole model of another class count (class_heads.py)
+        fit_class_heads(self.model, checkpoint, filename, backbone_prefix=prefix)
 
         ckpt_keys = list(state_dict)
         incompatible = super()._load_model(checkpoint)
