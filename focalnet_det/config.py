@@ -49,6 +49,8 @@ def add_focalnet_config(cfg):
     add_maskformer2_config(cfg)  # Mask2Former: the official keys and defaults
     add_upernet_config(cfg)  # UPerNet and the semantic-segmentation recipe (ADE20K)
     add_dino_config(cfg)  # DINO: MODEL.DINO.*
+    add_model_selection_config(cfg)  # TEST.BEST_CHECKPOINT_METRIC: model_best.pth by a metric you name
+    add_tile_config(cfg)  # TEST.TILE: tiled inference of large images (focalnet_det/inference)
 
 
 def add_focalnet_backbone_config(cfg):
@@ -260,4 +262,27 @@ def add_dino_config(cfg):
     # inference: the NUM_SELECT best (query, class) pairs; class-agnostic NMS when NMS_IOU_THRESHOLD > 0
     m.NUM_SELECT = 300
     m.NMS_IOU_THRESHOLD = -1.0
+    _add_missing(cfg, d)
+
+
+def add_tile_config(cfg):
+    """``TEST.TILE``: tiled inference (``focalnet_det/inference/tiling.py``), used by the predictor of tools/demo.py,
+    tools/predict.py and tools/web_demo.py. An image larger than SIZE px is predicted in SIZE x SIZE tiles (each
+    resized as an image is at test time), overlapping by OVERLAP (a fraction of SIZE), and the results merged.
+    SIZE 0: off (the default). Idempotent."""
+    t = CN()
+    t.TEST = CN()
+    t.TEST.TILE = CN()
+    t.TEST.TILE.SIZE = 0
+    t.TEST.TILE.OVERLAP = 0.25
+    _add_missing(cfg, t)
+
+
+def add_model_selection_config(cfg):
+    """``TEST.BEST_CHECKPOINT_METRIC``: the evaluation metric (as in metrics.json, e.g. ``bbox/AP``, ``segm/AP50``,
+    ``sem_seg/mIoU``, ``panoptic_seg/PQ``; higher is better) by which ``OUTPUT_DIR/model_best.pth`` is kept at
+    every evaluation (``TEST.EVAL_PERIOD`` and the end); empty: off. Idempotent."""
+    d = CN()
+    d.TEST = CN()
+    d.TEST.BEST_CHECKPOINT_METRIC = ""
     _add_missing(cfg, d)

@@ -24,7 +24,10 @@ import torch.nn.functional as F
 
 from .modeling.backbone.focalnet import FocalNet
 
-__all__ = ["find_focalnet", "modulation_parts", "modulation_maps", "overlay", "draw_modulation_grid"]
+__all__ = [
+    "find_focalnet", "modulation_parts", "modulation_maps", "overlay", "draw_modulation_grid", "image_modulation_grid",
+    "draw_predictions",
+]
 
 
 def find_focalnet(model):
@@ -191,3 +194,54 @@ def draw_modulation_grid(image_rgb, maps, path=None, title=None, cell_inches=2.0
     if path is not None:
         fig.savefig(path, dpi=dpi)
     return fig
+
+
+def image_modulation_grid(backbone, cfg, image, title=None, block=-1):
+    """The modulation grid of one ``image`` ((H, W, 3) in ``cfg.INPUT.FORMAT``) as the model sees it: resized as at
+    test time (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``), normalised by ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``.
+    Returns ``(figure, maps, resized RGB image)``."""
+    from detectron2.data import transforms as T
+    from detectron2.data.detection_utils import convert_image_to_rgb
+
+    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    image = resize.get_transform(image).apply_image(image)
+    tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    maps = modulation_maps(backbone, tensor, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, block=block)
+    rgb = convert_image_to_rgb(image, cfg.INPUT.FORMAT)
+    h, w = rgb.shape[:2]
+    fig = draw_modulation_grid(rgb, maps, title=f"{title} ({w}x{h})" if title else None)
+    return fig, maps, rgb
+
+
+def draw_predictions(visualizer, predictions, threshold=0.0, classes=None, frame=None):
+    """Draw a model's outputs with a Detectron2 ``Visualizer`` (or, with ``frame``, the RGB frame, a
+    ``VideoVisualizer``): the panoptic segmentation if present, else the semantic one and/or the instances scoring at
+    least ``threshold`` (and, if given, of contiguous ``classes`` only). Reads tiled outputs too (label maps,
+    cropped masks). Returns the ``VisImage`` (None when there is nothing drawable)."""
+    from .inference.predictor import sem_seg_labels
+    from .inference.tiling import CroppedMasks
+
+    args = () if frame is None else (frame,)
+    if "panoptic_seg" in predictions:
+        panoptic_seg, segments_info = predictions["panoptic_seg"]
+        if classes is not None:
+            segments_info = [s for s in segments_info if s["category_id"] in classes]
+        fn = visualizer.draw_panoptic_seg if frame is None else visualizer.draw_panoptic_seg_predictions
+        return fn(*args, panoptic_seg.to("cpu"), segments_info)
+    vis = None
+    if "sem_seg" in predictions or "sem_seg_labels" in predictions:
+        labels = sem_seg_labels(predictions)
+        if classes is not None:  # other classes are not drawn (255: ignored by the visualizer)
+            labels = torch.where(torch.isin(labels.long(), torch.as_tensor(sorted(classes))), labels.long(), 255)
+        vis = visualizer.draw_sem_seg(*args, labels.to("cpu"))
+        args = () if frame is None else (vis.get_image(),)
+    if "instances" in predictions:
+        instances = predictions["instances"].to("cpu")
+        if instances.has("scores"):
+            instances = instances[instances.scores >= threshold]
+        if classes is not None:
+            instances = instances[torch.isin(instances.pred_classes, torch.as_tensor(sorted(classes)))]
+        if instances.has("pred_masks") and isinstance(instances.pred_masks, CroppedMasks):
+            instances.pred_masks = instances.pred_masks.to_tensor()  # the drawn ones only
+        vis = visualizer.draw_instance_predictions(*args, instances)
+    return vis

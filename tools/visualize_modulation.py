@@ -25,21 +25,16 @@ import warnings
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")  # raised by Detectron2's import
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import tqdm  # noqa: E402
 from torch import nn  # noqa: E402
 
-from detectron2.data import transforms as T  # noqa: E402
-from detectron2.data.detection_utils import convert_image_to_rgb, read_image  # noqa: E402
 from detectron2.modeling import build_backbone  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import focalnet_det  # noqa: E402,F401  (registers the backbones)
-from focalnet_det.config import check_weights_file, load_config  # noqa: E402
 from focalnet_det.errors import UserError  # noqa: E402
-from focalnet_det.visualize import draw_modulation_grid, find_focalnet, modulation_maps  # noqa: E402
-
-from demo import expand_inputs, output_path, split_overrides  # noqa: E402  (tools/demo.py, beside this file)
+from focalnet_det.fileio import atomic_path  # noqa: E402
+from focalnet_det.inference import expand_inputs, for_each_input, load_tool_config, output_path, read_image, split_overrides  # noqa: E402,E501
+from focalnet_det.visualize import find_focalnet, image_modulation_grid  # noqa: E402
 
 from focalnet_det.checkpoint import FocalNetCheckpointer as Checkpointer  # noqa: E402
 
@@ -56,13 +51,6 @@ def get_parser():
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE pairs")
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
     return p
-
-
-def setup_cfg(config_file, opts):
-    cfg = load_config(config_file, opts)
-    check_weights_file(cfg)
-    cfg.freeze()
-    return cfg
 
 
 def build_focalnet(cfg):
@@ -84,26 +72,16 @@ def build_focalnet(cfg):
     return holder.backbone
 
 
-def load_image(path, cfg):
-    """The image as the model sees it: (H, W, 3) in INPUT.FORMAT, resized as at test time."""
-    try:
-        image = read_image(path, format=cfg.INPUT.FORMAT)
-    except Exception as e:  # PIL raises several kinds for unreadable files
-        raise OSError(" ".join(str(e).split()) or type(e).__name__) from None
-    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
-    return resize.get_transform(image).apply_image(image)
-
-
 def visualize(backbone, cfg, path, out_path, block=-1, save_arrays=False):
-    image = load_image(path, cfg)
-    tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-    maps = modulation_maps(backbone, tensor, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD, block=block)
-    rgb = convert_image_to_rgb(image, cfg.INPUT.FORMAT)
-    h, w = rgb.shape[:2]
-    draw_modulation_grid(rgb, maps, out_path, title=f"{os.path.basename(path)} ({w}x{h})")
+    image = read_image(path, format=cfg.INPUT.FORMAT)
+    fig, maps, _ = image_modulation_grid(backbone, cfg, image, title=os.path.basename(path), block=block)
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     if save_arrays:
         arrays = {f"{stage}_{name}": m[name] for stage, m in maps.items() for name in ("modulator", "gates")}
-        np.savez_compressed(os.path.splitext(out_path)[0] + ".npz", **arrays)
+        with atomic_path(os.path.splitext(out_path)[0] + ".npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, **arrays)
 
 
 def main(argv=None):
@@ -111,29 +89,19 @@ def main(argv=None):
     setup_logger(name="fvcore")
     setup_logger(name="focalnet_det")
     setup_logger()
-    cfg = setup_cfg(args.config_file, split_overrides(args))
-    paths = expand_inputs(args.input)
+    cfg = load_tool_config(args, split_overrides(args))
+    paths = expand_inputs(args.input, videos=False)
     if not paths:
         raise UserError(f"no input images found in {args.input}")
     backbone = build_focalnet(cfg)
     os.makedirs(args.output, exist_ok=True)
-
-    done, skipped, used = [], [], set()
-    for path in tqdm.tqdm(paths, disable=len(paths) < 2, desc="modulation maps"):
-        out_path = output_path(args.output, path, used, ".png")
-        try:
-            if not os.path.isfile(path):
-                raise OSError("no such file")
-            visualize(backbone, cfg, path, out_path, args.block, args.save_arrays)
-        except OSError as e:
-            tqdm.tqdm.write(f"visualize_modulation.py: skipped {path}: {e}", file=sys.stderr)
-            skipped.append(path)
-            continue
-        done.append(out_path)
+    used = set()
+    done, skipped = for_each_input(
+        paths, lambda path: visualize(backbone, cfg, path, output_path(args.output, path, used, ".png"), args.block,
+                                      args.save_arrays),
+        "visualize_modulation.py", "modulation maps")
     logger.info(f"wrote {len(done)} of {len(paths)} pictures into {args.output}"
                 + (f"; skipped {skipped}" if skipped else ""))
-    if not done:
-        raise UserError(f"none of the {len(paths)} inputs could be read")
     return 0
 
 
