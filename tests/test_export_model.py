@@ -1,5 +1,6 @@
-"""tools/export_model.py: the exported files, run on their own (torch.jit.load / onnxruntime), against eager models
-the test builds itself from the same checkpoint; refusals and the failed check."""
+"""tools/export_model.py (focalnet_det/export): the exported files, run on their own (torch.jit.load / onnxruntime),
+against eager models the test builds itself from the same checkpoint; DINO and Mask2Former (semantic, panoptic,
+instance) to both formats; the README's loaders in a fresh Python; refusals and the failed check."""
 import json
 import os
 import subprocess
@@ -20,6 +21,8 @@ import focalnet_det  # noqa: F401
 from focalnet_det import add_focalnet_config
 from focalnet_det.errors import UserError
 
+from focalnet_det.export import exporter
+
 import export_model  # tools/ (conftest puts it on the path)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +30,7 @@ TINY = REPO / "configs" / "Tiny"
 UPERNET = "upernet_focalnet_tiny_shapes.yaml"
 MASK_RCNN = "mask_rcnn_focalnet_tiny_shapes.yaml"
 M2F = "maskformer2_focalnet_tiny_shapes.yaml"
+DINO = "dino_focalnet_tiny_shapes.yaml"
 SLIM = ["MODEL.FOCALNET.EMBED_DIM", "16", "MODEL.FOCALNET.DEPTHS", "[1,1,1,1]", "MODEL.DEVICE", "cpu"]
 HEADS = {  # narrower heads where the Tiny config's are wide
     MASK_RCNN: ["MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
@@ -34,7 +38,18 @@ HEADS = {  # narrower heads where the Tiny config's are wide
     M2F: ["MODEL.SEM_SEG_HEAD.CONVS_DIM", "64", "MODEL.SEM_SEG_HEAD.MASK_DIM", "64",
           "MODEL.MASK_FORMER.HIDDEN_DIM", "64", "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "128"],
     UPERNET: [],
+    DINO: ["MODEL.DINO.HIDDEN_DIM", "32", "MODEL.DINO.DIM_FEEDFORWARD", "64", "MODEL.DINO.NUM_QUERIES", "20",
+           "MODEL.DINO.NUM_SELECT", "30"],
 }
+M2F_TASKS = {  # MODEL.MASK_FORMER.TEST switches of a semantic, a panoptic and an instance config
+    task: [v for key in ("SEMANTIC", "PANOPTIC", "INSTANCE")
+           for v in (f"MODEL.MASK_FORMER.TEST.{key}_ON", str(key.lower() == task))]
+    for task in ("semantic", "panoptic", "instance")
+}
+# every query a segment candidate, so that random weights give segments to compare
+M2F_TASKS["panoptic"] += ["MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "0.0",
+                          "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD", "0.0"]
+M2F_TASKS["instance"] += ["TEST.DETECTIONS_PER_IMAGE", "10"]
 # tracing and loading TorchScript is what these tests do: torch's deprecation notices are noise here
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),  # conftest: small tensors, one thread
@@ -42,6 +57,7 @@ pytestmark = [
     pytest.mark.filterwarnings(r"ignore:torch\.meshgrid. in an upcoming release:UserWarning"),  # Detectron2's anchors
 ]
 H, W = 64, 96  # a sample image not a multiple of the pyramid pooling's bins at stride 32 (2x3)
+H2, W2 = 72, 88  # not a multiple of 32: Mask2Former pads inside the graph and crops back; DINO's boxes scale by W2, H2
 
 
 def make_cfg(config, opts=()):
@@ -52,19 +68,27 @@ def make_cfg(config, opts=()):
     return cfg
 
 
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sample") / "sample.png"
-    y, x = np.mgrid[:H, :W]
+def write_sample(path, h, w):
+    y, x = np.mgrid[:h, :w]
     image = np.stack([x * 2.5, y * 3.5, (x + y) * 1.5], -1).astype(np.uint8)
     cv2.circle(image, (30, 30), 15, (0, 0, 255), -1)
     cv2.imwrite(str(path), image)
     return path
 
 
-def checkpoint(tmp_path, config, seed=0, backbone_only=False):
-    """A Detectron2 checkpoint of a freshly initialised model (the bare backbone under backbone.); the model."""
-    cfg = make_cfg(config)
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    return write_sample(tmp_path_factory.mktemp("sample") / "sample.png", H, W)
+
+
+@pytest.fixture(scope="module")
+def sample2(tmp_path_factory):
+    return write_sample(tmp_path_factory.mktemp("sample2") / "sample.png", H2, W2)
+
+
+def checkpoint(tmp_path, config, seed=0, backbone_only=False, opts=()):
+    """A Detectron2 checkpoint of a freshly initialised model (the bare backbone under backbone.); its config."""
+    cfg = make_cfg(config, opts)
     torch.manual_seed(seed)
     if backbone_only:
         cfg.MODEL.BACKBONE.NAME = "build_focalnet_backbone"
@@ -160,19 +184,99 @@ def test_upernet_torchscript(tmp_path, sample):
         assert_close(sem_seg, eager_model(cfg, weights)([{"image": image}])[0]["sem_seg"])
 
 
-def test_mask2former_semantic_torchscript(tmp_path, sample):
-    weights, cfg = checkpoint(tmp_path, M2F, seed=3)
-    code, out = export(tmp_path, M2F, "torchscript", sample, weights)
+def run_exported(out, fmt, image):
+    """The exported file on (1, 3, H, W) ``image``, loaded the way a deployment loads it: outputs by name."""
+    if fmt == "onnx":
+        ort = pytest.importorskip("onnxruntime")
+        session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+        values = session.run(None, {"image": image.numpy()})
+        return {o.name: torch.as_tensor(v) for o, v in zip(session.get_outputs(), values)}
+    names = [o["name"] for o in json.loads((out / "model.json").read_text())["outputs"]]
+    with torch.no_grad():
+        return dict(zip(names, torch.jit.load(str(out / "model.ts"))(image)))
+
+
+def assert_samples_with_grid_sample(out, fmt):
+    """The deformable attention was recorded as the plain per-level grid_sample (the fast CPU kernel is eager-only)."""
+    summary = json.loads((out / "model.json").read_text())
+    assert summary["deformable_attention"] == "grid_sample"
+    if fmt == "onnx":
+        onnx = pytest.importorskip("onnx")
+        graph = onnx.load(str(out / "model.onnx"))
+        assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 16
+        ops = {n.op_type for n in graph.graph.node}
+        assert "GridSample" in ops and all(n.domain in ("", "ai.onnx") for n in graph.graph.node)
+    else:
+        assert "aten::grid_sampler" in str(torch.jit.load(str(out / "model.ts")).inlined_graph)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("task", ["semantic", "panoptic", "instance"])
+def test_mask2former(tmp_path, sample2, task, fmt):
+    """Class and mask logits (and semantic scores) out of the file; the eager model's own panoptic / instance
+    inference on them gives what the eager model gives."""
+    opts = M2F_TASKS[task]
+    weights, cfg = checkpoint(tmp_path, M2F, seed=3, opts=opts)
+    code, out = export(tmp_path, M2F, fmt, sample2, weights, *opts)
     assert code == 0
-    image = image_of(sample, cfg)
+    assert_samples_with_grid_sample(out, fmt)
+    image = image_of(sample2, cfg)
+    got = run_exported(out, fmt, image[None])
+    model = eager_model(cfg, weights)
+    k, q = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES
+    assert list(got) == ["pred_logits", "pred_masks"] + (["sem_seg"] if task == "semantic" else [])
+    assert got["pred_logits"].shape == (1, q, k + 1) and got["pred_masks"].shape == (1, q, H2, W2)
     with torch.no_grad():
-        (sem_seg,) = torch.jit.load(str(out / "model.ts"))(image)
-    cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False
-    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True
+        eager = model([{"image": image}])[0]
+        # the head on the image padded to 32 as ImageList pads: class logits do not depend on the crop
+        x = torch.nn.functional.pad((image - model.pixel_mean) / model.pixel_std, (0, 96 - W2, 0, 96 - H2))
+        assert_close(got["pred_logits"], model.sem_seg_head(model.backbone(x[None]))["pred_logits"])
+    logits, masks = got["pred_logits"][0], got["pred_masks"][0]
+    if task == "semantic":
+        assert_close(got["sem_seg"][0], eager["sem_seg"])
+    elif task == "panoptic":
+        seg, info = model.panoptic_inference(logits, masks)
+        eager_seg, eager_info = eager["panoptic_seg"]
+        assert info == eager_info and len(info) > 0
+        assert (seg == eager_seg).float().mean() > 0.999
+    else:
+        inst, ref = model.instance_inference(logits, masks), eager["instances"]
+        assert len(ref) == 10 and torch.equal(inst.pred_classes, ref.pred_classes)
+        assert_close(inst.scores, ref.scores)
+        assert (inst.pred_masks == ref.pred_masks).float().mean() > 0.999
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_dino(tmp_path, sample2, fmt):
+    """Top-k boxes (input pixels), scores and labels out of the file, as the eager model's Instances."""
+    weights, cfg = checkpoint(tmp_path, DINO, seed=5)
+    code, out = export(tmp_path, DINO, fmt, sample2, weights)
+    assert code == 0
+    assert_samples_with_grid_sample(out, fmt)
+    image = image_of(sample2, cfg)
+    got = run_exported(out, fmt, image[None])
     with torch.no_grad():
-        eager = eager_model(cfg, weights)([{"image": image}])[0]["sem_seg"]
-    assert sem_seg.shape == (cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, H, W)
-    assert_close(sem_seg, eager)
+        eager = eager_model(cfg, weights)([{"image": image}])[0]["instances"]
+    assert list(got) == ["boxes", "scores", "labels"] and len(eager) == cfg.MODEL.DINO.NUM_SELECT
+    assert_close(got["boxes"], eager.pred_boxes.tensor)
+    assert_close(got["scores"], eager.scores)
+    assert torch.equal(got["labels"], eager.pred_classes)
+    assert eager.image_size == (H2, W2)
+
+
+def test_dino_nms_in_the_onnx_graph(tmp_path, sample2):
+    """With MODEL.DINO.NMS_IOU_THRESHOLD the number of boxes depends on the image: the graph runs the NMS."""
+    nms = ["MODEL.DINO.NMS_IOU_THRESHOLD", "0.3"]
+    weights, cfg = checkpoint(tmp_path, DINO, seed=6, opts=nms)
+    code, out = export(tmp_path, DINO, "onnx", sample2, weights, *nms)
+    assert code == 0
+    image = image_of(sample2, cfg)
+    got = run_exported(out, "onnx", image[None])
+    with torch.no_grad():
+        eager = eager_model(cfg, weights)([{"image": image}])[0]["instances"]
+    assert 0 < len(eager) < cfg.MODEL.DINO.NUM_SELECT  # NMS removed some
+    assert_close(got["boxes"], eager.pred_boxes.tensor)
+    assert torch.equal(got["labels"], eager.pred_classes)
 
 
 def test_mask_rcnn_torchscript(tmp_path, sample):
@@ -198,7 +302,6 @@ def test_mask_rcnn_torchscript(tmp_path, sample):
     "config, fmt, extra, words",
     [
         (MASK_RCNN, "onnx", [], "Mask R-CNN cannot be exported to ONNX without custom ops"),
-        (M2F, "onnx", [], "use --format torchscript"),
         (UPERNET, "onnx", ["MODEL.META_ARCHITECTURE", "PanopticFPN"],
          "META_ARCHITECTURE PanopticFPN cannot be exported"),
         (UPERNET, "torchscript", ["MODEL.WEIGHTS", "nowhere.pth"], "MODEL.WEIGHTS file not found"),
@@ -222,13 +325,13 @@ def test_refusal_is_one_line_and_exit_2(tmp_path):
 
 
 def test_a_differing_export_exits_1(tmp_path, sample, monkeypatch, capsys):
-    real = export_model.export_torchscript
+    real = exporter.write_torchscript
 
     def off_by_one(*args):
-        path, names, eager, exported, spec = real(*args)
-        return path, names, eager, tuple(t + 1.0 for t in exported), spec
+        run, graph = real(*args)
+        return (lambda: tuple(t + 1.0 for t in run())), graph
 
-    monkeypatch.setattr(export_model, "export_torchscript", off_by_one)
+    monkeypatch.setattr(exporter, "write_torchscript", off_by_one)
     weights, _ = checkpoint(tmp_path, UPERNET, backbone_only=True)
     code, out = export(tmp_path, UPERNET, "torchscript", sample, weights, "--backbone-only")
     assert code == 1

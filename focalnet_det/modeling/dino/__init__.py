@@ -4,7 +4,7 @@ from .criterion import SetCriterion
 from .denoising import dn_attention_mask, dn_match_indices, prepare_denoising
 from .dino import DINO, dataset_logit_ids
 from .matcher import HungarianMatcher
-from .postprocess import dino_postprocess
+from .postprocess import dino_filter, dino_postprocess, dino_topk
 from .transformer import DeformableTransformer
 
 __all__ = [
@@ -16,5 +16,7 @@ __all__ = [
     "dn_attention_mask",
     "dn_match_indices",
     "dino_postprocess",
+    "dino_topk",
+    "dino_filter",
     "dataset_logit_ids",
 ]

@@ -13,7 +13,41 @@ from detectron2.structures import Boxes, Instances
 
 from .utils import box_cxcywh_to_xyxy
 
-__all__ = ["dino_postprocess"]
+__all__ = ["dino_postprocess", "dino_topk", "dino_filter"]
+
+
+def dino_topk(pred_logits, pred_boxes, scale, num_select=300, logit_to_class=None):
+    """The ``num_select`` best (query, logit) pairs of each image, in tensors (traceable: the exported graphs
+    run it too).
+
+    Args:
+        pred_logits: (N, Q, K); pred_boxes: (N, Q, 4) sigmoid cxcywh.
+        scale: (N, 4) or (4,): (w, h, w, h) of the output size.
+        logit_to_class: (K,) long, the contiguous class of each logit (-1: none), or None (logit = class).
+    Returns: boxes (N, k, 4) xyxy in output pixels, scores (N, k) sorted, classes (N, k) (-1: a logit that is
+    no class; ``dino_filter`` drops those).
+    """
+    n, q, k = pred_logits.shape
+    prob = pred_logits.float().sigmoid().view(n, q * k)
+    scores, idx = prob.topk(min(num_select, q * k), dim=1)
+    queries, labels = idx // k, idx % k
+    boxes = box_cxcywh_to_xyxy(torch.gather(pred_boxes.float(), 1, queries[..., None].expand(-1, -1, 4)))
+    boxes = boxes * scale.to(boxes).view(-1, 1, 4)
+    if logit_to_class is not None:
+        labels = logit_to_class.to(labels.device)[labels]
+    return boxes, scores, labels
+
+
+def dino_filter(boxes, scores, classes, nms_iou_threshold=-1.0, drop_no_class=True):
+    """One image's top-k pairs (k, 4), (k,), (k,) without the logits that are no class (-1, when
+    ``drop_no_class``) and, when ``nms_iou_threshold`` > 0, after class-agnostic NMS."""
+    if drop_no_class:
+        keep = classes >= 0
+        boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+    if nms_iou_threshold > 0:
+        keep = nms(boxes, scores, nms_iou_threshold)
+        boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+    return boxes, scores, classes
 
 
 def dino_postprocess(pred_logits, pred_boxes, output_sizes, num_select=300, logit_to_class=None,
@@ -26,22 +60,11 @@ def dino_postprocess(pred_logits, pred_boxes, output_sizes, num_select=300, logi
         nms_iou_threshold: class-agnostic NMS over the selected boxes when > 0.
     Returns: a list of ``Instances`` with ``pred_boxes``, ``scores``, ``pred_classes``, sorted by score.
     """
-    n, q, k = pred_logits.shape
-    prob = pred_logits.float().sigmoid().view(n, q * k)
-    scores, idx = prob.topk(min(num_select, q * k), dim=1)
-    queries, labels = idx // k, idx % k
-    boxes = box_cxcywh_to_xyxy(torch.gather(pred_boxes.float(), 1, queries[..., None].expand(-1, -1, 4)))
+    scale = torch.as_tensor([[w, h, w, h] for h, w in output_sizes], dtype=torch.float32, device=pred_logits.device)
+    boxes, scores, labels = dino_topk(pred_logits, pred_boxes, scale, num_select, logit_to_class)
     results = []
     for i, (h, w) in enumerate(output_sizes):
-        b = boxes[i] * torch.as_tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
-        s, c = scores[i], labels[i]
-        if logit_to_class is not None:
-            c = logit_to_class.to(c.device)[c]
-            keep = c >= 0
-            b, s, c = b[keep], s[keep], c[keep]
-        if nms_iou_threshold > 0:
-            keep = nms(b, s, nms_iou_threshold)
-            b, s, c = b[keep], s[keep], c[keep]
+        b, s, c = dino_filter(boxes[i], scores[i], labels[i], nms_iou_threshold, logit_to_class is not None)
         inst = Instances((int(h), int(w)))
         inst.pred_boxes = Boxes(b)
         inst.scores = s

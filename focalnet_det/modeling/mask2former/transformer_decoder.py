@@ -260,8 +260,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         predictions_mask.append(outputs_mask)
         for i in range(self.num_layers):
             level_index = i % self.num_feature_levels
-            # a query that may attend nowhere attends everywhere instead (no all -inf softmax row)
-            attn_mask[attn_mask.all(-1)] = False
+            # a query that may attend nowhere attends everywhere instead (no all -inf softmax row); out of place,
+            # not by boolean indexing, so that it exports to ONNX
+            attn_mask = attn_mask & ~attn_mask.all(-1, keepdim=True)
             output = self.transformer_cross_attention_layers[i](
                 output, src[level_index], memory_mask=attn_mask, memory_key_padding_mask=None,
                 pos=pos[level_index], query_pos=query_embed,
