@@ -27,7 +27,10 @@ setup(
         "opencv-python-headless",
         "tqdm",
         "setuptools<81",
+        # builds the CPU kernel of the deformable attention (focalnet_det/modeling/layers/csrc) at first use
+        "ninja",
     ],
+    package_data={"focalnet_det.modeling.layers": ["csrc/*.cpp"]},
     # onnx / onnxruntime: tools/export_model.py --format onnx writes and checks ONNX graphs (and its tests);
     # transformers: the tests build Hugging Face FocalNet checkpoints (reading them needs only safetensors/torch)
     extras_require={"dev": ["pytest", "onnx", "onnxruntime", "transformers"]},

@@ -54,4 +54,8 @@ have "import panopticapi.evaluation, panopticapi.utils" || {
   echo "[setup] installing panopticapi-lite 0.2.0 (--no-deps: it pins numpy<2 but works with numpy 2)"
   $PIP install --no-deps panopticapi-lite==0.2.0
 }
+# the CPU kernel of the multi-scale deformable attention (C++/OpenMP, torch.utils.cpp_extension), built once per
+# machine (~1 min; cached under ~/.cache/torch_extensions): without a compiler the plain grid_sample path runs
+"$VENV/bin/python" -c "import logging; logging.basicConfig(level=logging.INFO, format='[setup] %(message)s')
+from focalnet_det.modeling.layers import cpu_kernel; cpu_kernel()" 2>&1 | grep '^\[setup\]' || true
 echo "[setup] ready: $("$VENV/bin/python" -c 'import torch, detectron2; print("torch", torch.__version__, "| detectron2", detectron2.__version__)')"

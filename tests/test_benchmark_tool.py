@@ -72,3 +72,47 @@ def test_peak_memory_is_seen_through_the_retained_heap():
 
     forward()  # the 64 MB now sit freed in the heap
     assert 60 < benchmark.peak_memory_mib(forward) < 80
+
+
+TINY_M2F = str(REPO / "configs" / "Tiny" / "maskformer2_focalnet_tiny_shapes.yaml")
+TINY_DINO = str(REPO / "configs" / "Tiny" / "dino_focalnet_tiny_shapes.yaml")
+
+
+def test_mask2former_head_kernel_against_plain_path_with_profile(tmp_path, capsys):
+    """--head-only --compare-plain: the head on random features, both deformable-attention paths, each one's peak
+    memory and where its time goes."""
+    out = tmp_path / "head.json"
+    benchmark.main(["--config-file", TINY_M2F, "--head-only", "--size", "64", "64", "--compare-plain", "--profile",
+                    "--runs", "1", "--warmup", "0", "--no-flops", "--json", str(out)])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["ms"] > 0 and row["plain grid_sample ms"] > 0
+    assert abs(row["ratio vs plain grid_sample"] - row["ms"] / row["plain grid_sample ms"]) < 1e-6
+    assert row["params_M"] < 10  # the head alone, without the backbone
+    printed = capsys.readouterr().out
+    for title in ("focalnet_det", "plain grid_sample"):
+        assert f"where the time goes ({title}, fp32, 64x64)" in printed
+    for part in ("encoder sampling", "encoder FFN", "decoder"):
+        assert part in printed
+    assert "runs (64x64 fp32) plain grid_sample: " in printed
+
+
+def test_profile_parts_of_dino_add_up():
+    """The profile's parts nest: the encoder's sampling and feed-forward inside the encoder, all inside the run."""
+    cfg = benchmark.load_cfg(TINY_DINO)
+    torch.manual_seed(0)
+    model = benchmark.build(cfg, backbone_only=False)
+    parts = benchmark.profile_parts(model, benchmark.runner(model, benchmark.as_model_input(False, 96, 128), "fp32"))
+    assert {"backbone", "encoder", "encoder sampling", "encoder FFN", "decoder", "decoder sampling",
+            "post-processing"} <= set(parts)
+    assert parts["encoder sampling"] + parts["encoder FFN"] < parts["encoder"]
+    assert parts["decoder sampling"] < parts["decoder"]
+    assert parts["backbone"] + parts["encoder"] + parts["decoder"] < parts["total (wall, profiled)"]
+
+
+def test_training_step_rows(tmp_path):
+    out = tmp_path / "train.json"
+    benchmark.main(["--config-file", TINY_DINO, "--train-step", "--compare-plain", "--runs", "1", "--warmup", "0",
+                    "--json", str(out), "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0"])
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["mode"] == "train fp32" and row["input"].startswith("2x")
+    assert row["ms"] > 0 and row["plain grid_sample ms"] > 0

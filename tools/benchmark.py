@@ -16,8 +16,17 @@ before it (the GPU's max allocated, or on the CPU the growth of the peak residen
   python tools/benchmark.py --config-file CONFIG --sizes 512 1024 2048
   # ... as a picture: latency against megapixels (with --backbone-only or --compare-r50, the reference too)
   python tools/benchmark.py --config-file CONFIG --backbone-only --sizes 256 512 768 --plot latency.png
+  # DINO / Mask2Former: the compiled CPU deformable-attention kernel against the plain grid_sample path, alternately,
+  # with each path's peak memory and where the time goes (torch.profiler, per part of the model)
+  python tools/benchmark.py --config-file CONFIG --size 512 683 --compare-plain --profile
+  # Mask2Former's head alone (pixel decoder + masked-attention decoder) on random backbone features of the input size
+  python tools/benchmark.py --config-file CONFIG --head-only --size 768 768 --compare-plain
+  # training iterations (forward, backward, optimizer step) on the config's training data instead of inference
+  python tools/benchmark.py --config-file configs/Tiny/dino_focalnet_tiny_shapes.yaml --train-step --compare-plain
 """
 import argparse
+import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -37,6 +46,7 @@ from focalnet_det import add_focalnet_config
 from focalnet_det.config import load_config
 from focalnet_det.allocator import release_freed_memory, reuse_freed_memory
 from focalnet_det.errors import UserError
+from focalnet_det.modeling import layers as deform_layers
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -88,13 +98,29 @@ def peak_memory_mib(fn):
     return (peak_rss_kib() - start) / 1024
 
 
-def runner(model, inputs, mode):
-    """A no-argument callable running ``model`` once in ``mode``."""
+@contextlib.contextmanager
+def deform_attn_path(path):
+    """Run the multi-scale deformable attention on ``path``: "kernel" (the compiled CPU kernel where it applies, the
+    default) or "plain" (F.grid_sample); None leaves the setting alone."""
+    if path is None:
+        yield
+        return
+    previous = deform_layers.set_cpu_kernel(path == "kernel")
+    try:
+        yield
+    finally:
+        deform_layers.set_cpu_kernel(previous)
+
+
+def runner(model, inputs, mode, deform_attn=None):
+    """A no-argument callable running ``model`` once in ``mode`` (inference), on the deformable-attention path
+    ``deform_attn`` (see ``deform_attn_path``)."""
     if mode == "compiled":
         model = torch.compile(model)
 
     def run():
-        with torch.inference_mode(), torch.autocast(DEVICE, torch.bfloat16, enabled=mode == "bf16"):
+        with deform_attn_path(deform_attn), torch.inference_mode(), \
+                torch.autocast(DEVICE, torch.bfloat16, enabled=mode == "bf16"):
             out = model(inputs)
         if DEVICE == "cuda":
             torch.cuda.synchronize()
@@ -103,8 +129,129 @@ def runner(model, inputs, mode):
     return run
 
 
-def time_alternating(runs, warmup, n, desc):
-    """Median seconds of each callable in ``runs`` (dict), timed alternately so load affects all alike."""
+def train_step_runner(model, optimizer, batches, deform_attn=None):
+    """A no-argument callable running one training iteration (forward, backward, optimizer step) on the next of
+    ``batches``; each runner walks the same batches in the same order."""
+    batches = itertools.cycle(batches)
+
+    def run():
+        with deform_attn_path(deform_attn):
+            losses = model(next(batches))
+            loss = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+
+    return run
+
+
+def training_batches(cfg, n):
+    """The first ``n`` batches of the config's training loader (its mapper and augmentations)."""
+    from focalnet_det.data import build_resumable_train_loader, build_train_mapper
+
+    return list(itertools.islice(iter(build_resumable_train_loader(cfg, build_train_mapper(cfg))), n))
+
+
+class HeadOnly(torch.nn.Module):
+    """Mask2Former's head (pixel decoder + transformer decoder) on fixed backbone features."""
+
+    def __init__(self, model):
+        super().__init__()
+        if not hasattr(model, "sem_seg_head"):
+            raise UserError(f"--head-only: {type(model).__name__} has no sem_seg_head (a Mask2Former config is needed)")
+        self.head = model.sem_seg_head
+
+    def forward(self, features):
+        return self.head(features)
+
+
+def head_inputs(model, h, w):
+    """Random backbone features of an (h, w) image, shaped as ``model``'s backbone gives them."""
+    g = torch.Generator().manual_seed(0)
+    return {name: torch.randn(1, s.channels, -(-h // s.stride), -(-w // s.stride), generator=g).to(DEVICE)
+            for name, s in model.backbone.output_shape().items()}
+
+
+def _profiled_parts(model):
+    """{label: modules} of the parts of a DINO or Mask2Former model the profile reports (missing ones skipped)."""
+    model = getattr(model, "head", model)
+    transformer = getattr(model, "transformer", None)
+    pixel_decoder = getattr(getattr(model, "pixel_decoder", None), "transformer", None)
+    encoder = getattr(transformer, "encoder", None) or getattr(pixel_decoder, "encoder", None)
+    decoder = getattr(transformer, "decoder", None) or getattr(model, "predictor", None)
+    parts = {"backbone": [getattr(model, "backbone", None)], "encoder": [encoder], "decoder": [decoder]}
+    if encoder is not None:
+        parts["encoder FFN"] = [m for layer in encoder.layers for m in (layer.linear1, layer.linear2)]
+    return {k: [m for m in v if m is not None] for k, v in parts.items() if any(m is not None for m in v)}
+
+
+def profile_parts(model, run):
+    """Where one call of ``run`` spends its time, by torch.profiler: {part: ms} for the backbone, the encoder (its
+    sampling and feed-forward), the decoder (its sampling), post-processing, and the whole call."""
+    from torch.autograd.profiler import record_function
+
+    from focalnet_det.modeling.dino import dino as dino_module
+
+    layers_module = sys.modules[deform_layers.MSDeformAttn.__module__]
+    parts = _profiled_parts(model)
+    inside = []  # the parts being run, to label the sampling calls by the part that makes them
+    handles, patched = [], []
+
+    def enter(label):
+        rf = record_function(label)
+        rf.__enter__()
+        inside.append((label, rf))
+
+    def leave():
+        inside.pop()[1].__exit__(None, None, None)
+
+    for label, modules in parts.items():
+        if label == "encoder FFN":  # from linear1's input to linear2's output
+            for first, second in zip(modules[::2], modules[1::2]):
+                handles.append(first.register_forward_pre_hook(lambda m, a, label=label: enter(label)))
+                handles.append(second.register_forward_hook(lambda m, a, o: leave()))
+            continue
+        for m in modules:
+            handles.append(m.register_forward_pre_hook(lambda m, a, label=label: enter(label)))
+            handles.append(m.register_forward_hook(lambda m, a, o: leave()))
+
+    def labelled(fn, label_of):
+        def wrapper(*args, **kwargs):
+            with record_function(label_of()):
+                return fn(*args, **kwargs)
+        return wrapper
+
+    def sampling_label():
+        owner = next((lbl for lbl, _ in reversed(inside) if lbl in ("encoder", "decoder")), "other")
+        return f"{owner} sampling"
+
+    for module, name, label_of in ((layers_module, "ms_deform_attn", sampling_label),
+                                   (dino_module, "dino_postprocess", lambda: "post-processing")):
+        original = getattr(module, name)
+        patched.append((module, name, original))
+        setattr(module, name, labelled(original, label_of))
+    try:
+        start = time.perf_counter()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            run()
+        total = time.perf_counter() - start
+    finally:
+        for h in handles:
+            h.remove()
+        for module, name, original in patched:
+            setattr(module, name, original)
+    labels = list(parts) + ["encoder sampling", "decoder sampling", "post-processing"]
+    found = {e.key: e.cpu_time_total / 1e3 for e in prof.key_averages() if e.key in labels}
+    result = {label: found[label] for label in labels if label in found}
+    result["total (wall, profiled)"] = 1e3 * total
+    return result
+
+
+def time_alternating(runs, warmup, n, desc, every=None):
+    """Median seconds of each callable in ``runs`` (dict), timed alternately so load affects all alike; ``every``
+    (a dict), when given, receives each callable's list of times."""
     for fn in runs.values():
         for _ in range(warmup):
             fn()
@@ -114,6 +261,8 @@ def time_alternating(runs, warmup, n, desc):
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
+    if every is not None:
+        every.update(times)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -213,6 +362,40 @@ def plot_latency(rows, path, title):
     return lines
 
 
+def print_every_run(title, every):
+    """Each timed run, in the order they ran (the medians hide how noisy the machine was)."""
+    for name, times in every.items():
+        print(f"runs ({title}) {name}: " + ", ".join(f"{1e3 * t:.0f}" for t in times) + " ms")
+
+
+def report_profile(title, parts):
+    total = parts["total (wall, profiled)"]
+    print(f"where the time goes ({title}):")
+    print(tabulate([(k, v, 100 * v / total) for k, v in parts.items()], headers=("part", "ms", "%"), floatfmt=".1f"))
+
+
+def time_training(cfg, model, args):
+    """One row: the median time of a training iteration, with the compiled kernel and (--compare-plain) without."""
+    from focalnet_det.solver import build_optimizer
+
+    model.train()
+    optimizer = build_optimizer(cfg, model)
+    batches = training_batches(cfg, max(args.runs, 1))
+    paths = ["kernel", "plain"] if args.compare_plain else [None]
+    names = ["focalnet_det", "plain grid_sample"][: len(paths)]
+    runs = {name: train_step_runner(model, optimizer, batches, path) for name, path in zip(names, paths)}
+    every = {}
+    times = time_alternating(runs, args.warmup, args.runs, "train step", every)
+    print_every_run("train step", every)
+    image = batches[0][0]["image"]
+    row = {"input": f"{len(batches[0])}x{image.shape[-2]}x{image.shape[-1]}", "mode": "train fp32",
+           "ms": 1e3 * times.pop("focalnet_det")}
+    for name, t in times.items():
+        row[f"{name} ms"] = 1e3 * t
+        row[f"ratio vs {name}"] = row["ms"] / row[f"{name} ms"]
+    return row
+
+
 def build(cfg, backbone_only):
     if backbone_only:  # the bare FocalNet, without the FPN of a detection config
         cfg = cfg.clone()
@@ -232,6 +415,14 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count")
+    parser.add_argument("--compare-plain", action="store_true", help="also time the same model with the plain "
+                        "grid_sample deformable attention instead of the compiled CPU kernel (alternating runs)")
+    parser.add_argument("--head-only", action="store_true", help="Mask2Former: time the head (pixel decoder + "
+                        "transformer decoder) on random backbone features of the input size")
+    parser.add_argument("--train-step", action="store_true", help="time training iterations (forward, backward, "
+                        "optimizer step) on the config's training data instead of inference")
+    parser.add_argument("--profile", action="store_true", help="also print where one run spends its time "
+                        "(torch.profiler, per part of a DINO / Mask2Former model), per deformable-attention path")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument("--plot", metavar="FILE", help="also draw latency against megapixels (PNG), one line per "
                         "model (with --backbone-only / --compare-r50: the reference too); best with --sizes")
@@ -268,26 +459,42 @@ def main(argv=None):
             row = {"input": f"{s}x{s}", "mode": mode, "ms": 1e3 * t, "ms_per_MP": 1e3 * t / mp}
             row.update({f"{name} ms": 1e3 * ref for name, ref in times.items()})
             rows.append(row)
+    elif args.train_step:
+        rows.append(time_training(cfg, model, args))
     else:
         h, w = args.size or paper_size(cfg, args.backbone_only)
-        x = as_model_input(args.backbone_only, h, w)
+        if args.head_only:
+            model, x = HeadOnly(model).eval(), head_inputs(model, h, w)
+            params = sum(p.numel() for p in model.parameters()) / 1e6
+        else:
+            x = as_model_input(args.backbone_only, h, w)
         gflops = None if args.no_flops else count_flops(model, x)
         timm = timm_backbone(cfg).to(DEVICE).eval() if args.backbone_only else None
         r50 = calibrate_frozen_bn(r50_fpn_mask_rcnn(cfg), x) if args.compare_r50 else None
         for mode in args.modes:
-            runs = {"focalnet_det": runner(model, x, mode)}
+            runs = {"focalnet_det": runner(model, x, mode, "kernel" if args.compare_plain else None)}
             if timm is not None:
                 runs["timm fp32"] = runner(timm, x, "fp32")
             if r50 is not None:  # in the same mode as ours
                 runs[f"R50-FPN {mode}"] = runner(r50, x, mode)
-            peak = peak_memory_mib(runs["focalnet_det"])
-            times = time_alternating(runs, args.warmup, args.runs, mode)
+            if args.compare_plain:
+                runs["plain grid_sample"] = runner(model, x, mode, "plain")
+            peaks = {name: peak_memory_mib(fn) for name, fn in runs.items()
+                     if name == "focalnet_det" or name == "plain grid_sample"}
+            if args.profile:
+                for name in peaks:
+                    report_profile(f"{name}, {mode}, {h}x{w}", profile_parts(model, runs[name]))
+            every = {}
+            times = time_alternating(runs, args.warmup, args.runs, mode, every)
+            print_every_run(f"{h}x{w} {mode}", every)
             ours = times.pop("focalnet_det")
             row = {"input": f"{h}x{w}", "mode": mode, "params_M": params, "GFLOPs": gflops, "ms": 1e3 * ours,
-                   "peak_MiB": peak}
+                   "peak_MiB": peaks["focalnet_det"]}
             for name, t in times.items():
                 row[f"{name} ms"] = 1e3 * t
                 row[f"ratio vs {name}"] = ours / t
+                if name in peaks:
+                    row[f"{name} peak_MiB"] = peaks[name]
             rows.append(row)
     print(tabulate(rows, headers="keys", floatfmt=".3g"))
     if args.plot:

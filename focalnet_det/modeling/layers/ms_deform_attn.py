@@ -2,15 +2,30 @@
 
 Each query looks at ``n_points`` places per head and feature level, around its reference point, and
 sums what it finds there (bilinear interpolation, zero outside the map) with softmax weights over
-levels x points. The sampling is ``F.grid_sample`` per level, so it runs on any device and trains by
-autograd. If the compiled CUDA op of the official code (the ``MultiScaleDeformableAttention``
-extension) is importable, it is used for CUDA tensors; it is never required.
+levels x points. Three paths compute the same thing:
+
+- on the CPU, a compiled C++ kernel (``csrc/ms_deform_attn_cpu.cpp``: forward and a hand-written backward,
+  parallel over queries / (batch, head), no atomics) built once with ``torch.utils.cpp_extension`` by
+  ``make setup`` or lazily at first use. It reads each sample's four pixels in place, where the plain path
+  materialises every sample of every level and point (``grid_sample``'s output) before weighting them;
+- the plain path, ``F.grid_sample`` per level: runs on any device, trains by autograd, and is what TorchScript
+  and ONNX export record (``GridSample``, opset >= 16). It is the fallback when the kernel cannot be built (no
+  compiler), when exporting, scripting or tracing, and everywhere the kernel does not apply;
+- the compiled CUDA op of the official code (the ``MultiScaleDeformableAttention`` extension), for CUDA tensors
+  when it is importable; it is never required.
+
+``FOCALNET_DET_DEFORM_ATTN=pytorch`` (or ``set_cpu_kernel(False)``) keeps the CPU on the plain path. Which CPU path
+ran is logged once.
 
 Parameter names are those of the official module: ``sampling_offsets``, ``attention_weights``,
 ``value_proj``, ``output_proj``.
 """
 import logging
 import math
+import os
+import sys
+import threading
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +33,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 __all__ = ["MSDeformAttn", "MSDeformAttnTransformerEncoderLayer", "init_deformable_transformer", "ms_deform_attn",
-           "ms_deform_attn_core_pytorch", "compiled_op_available"]
+           "ms_deform_attn_core_pytorch", "compiled_op_available", "cpu_kernel", "set_cpu_kernel"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +56,119 @@ def _compiled_op():
 
 def compiled_op_available():
     return _compiled_op() is not None
+
+
+_CPU_SOURCE = Path(__file__).resolve().parent / "csrc" / "ms_deform_attn_cpu.cpp"
+_CPU_KERNEL = "unset"  # the loaded extension, None when it cannot be built, "unset" before the first try
+_CPU_LOCK = threading.Lock()
+_CPU_ENABLED = os.environ.get("FOCALNET_DET_DEFORM_ATTN", "auto").lower() not in ("pytorch", "plain", "0")
+_LOGGED = set()
+
+
+def _log_once(path, message):
+    if path not in _LOGGED:
+        _LOGGED.add(path)
+        logger.info(message)
+
+
+def cpu_kernel(build=True):
+    """The compiled CPU kernel (a module with ``forward`` and ``backward``), or None where it cannot be built.
+
+    Built once per machine with ``torch.utils.cpp_extension.load`` (g++ with OpenMP, ninja; cached under
+    ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``); ``make setup`` builds it ahead. A failed
+    build is logged and leaves the plain path in use. With ``build=False`` only an already loaded kernel is returned.
+    """
+    global _CPU_KERNEL
+    if _CPU_KERNEL != "unset" or not build:
+        return None if _CPU_KERNEL == "unset" else _CPU_KERNEL
+    with _CPU_LOCK:
+        if _CPU_KERNEL == "unset":
+            _CPU_KERNEL = _build_cpu_kernel()
+    return _CPU_KERNEL
+
+
+def _build_cpu_kernel():
+    import warnings
+
+    cpp_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = cpp_logger.level
+    cpp_logger.setLevel(logging.ERROR)  # its import warns "no CUDA runtime found": irrelevant to a CPU build
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        cpp_logger.setLevel(level)
+
+    # ninja from the environment's bin (the pip package), found even when the environment is not activated
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), path])
+    logger.info("multi-scale deformable attention: loading the CPU kernel (compiled on first use: ~1 min, once per "
+                "machine) ...")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cpp_extension.load(
+                name="focalnet_det_ms_deform_attn_cpu", sources=[str(_CPU_SOURCE)],
+                extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False,
+            )
+    except Exception as e:  # no compiler, no ninja, no headers: the plain path works everywhere
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        logger.warning(f"multi-scale deformable attention: cannot build the CPU kernel ({first}); using the plain "
+                       "grid_sample path")
+        return None
+    finally:
+        os.environ["PATH"] = path
+
+
+def set_cpu_kernel(enabled):
+    """Use the compiled CPU kernel (when it can be built) or keep the CPU on the plain path; returns the previous
+    setting. ``FOCALNET_DET_DEFORM_ATTN=pytorch`` sets False at import."""
+    global _CPU_ENABLED
+    previous, _CPU_ENABLED = _CPU_ENABLED, bool(enabled)
+    return previous
+
+
+class _CPUMSDeformAttnFunction(torch.autograd.Function):
+    """Autograd wrapper of the compiled CPU kernel (float32 / float64)."""
+
+    @staticmethod
+    def forward(ctx, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+        ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        return cpu_kernel().forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
+        grad_value, grad_loc, grad_attn = cpu_kernel().backward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights, grad_output.contiguous()
+        )
+        return grad_value, None, None, grad_loc, grad_attn
+
+
+def _cpu_kernel_applies(value, sampling_locations, attention_weights):
+    if not (_CPU_ENABLED and value.device.type == "cpu" and sampling_locations.device.type == "cpu"):
+        return False
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return False  # export records the plain path (GridSample)
+    dtypes = (value.dtype, sampling_locations.dtype, attention_weights.dtype)
+    if not all(t in (torch.float32, torch.float64, torch.bfloat16, torch.float16) for t in dtypes):
+        return False
+    return cpu_kernel() is not None
+
+
+@torch.jit.unused
+def _ms_deform_attn_cpu(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    """The CPU kernel; reduced-precision inputs (bf16, fp16) are computed in float32 and returned in value's dtype."""
+    _log_once("cpu", "multi-scale deformable attention: using the compiled CPU kernel")
+    dtype = torch.float64 if value.dtype == sampling_locations.dtype == attention_weights.dtype == torch.float64 \
+        else torch.float32
+    args = [t.to(dtype).contiguous() for t in (value, sampling_locations, attention_weights)]
+    shapes = spatial_shapes.to(device="cpu", dtype=torch.long).contiguous()
+    if level_start_index is None:
+        level_start_index = torch.cat([shapes.new_zeros(1), (shapes[:, 0] * shapes[:, 1]).cumsum(0)[:-1]])
+    starts = level_start_index.to(device="cpu", dtype=torch.long).contiguous()
+    out = _CPUMSDeformAttnFunction.apply(args[0], shapes, starts, args[1], args[2])
+    return out.to(value.dtype)
 
 
 def ms_deform_attn_core_pytorch(value, spatial_shapes, sampling_locations, attention_weights):
@@ -97,11 +225,18 @@ class _CompiledMSDeformAttnFunction(torch.autograd.Function):
 
 
 def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step=128):
-    """Dispatch: the compiled op for CUDA tensors when it is importable, else plain PyTorch."""
-    if value.is_cuda and _compiled_op() is not None:
-        return _CompiledMSDeformAttnFunction.apply(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step
-        )
+    """Dispatch: the compiled CPU kernel for CPU tensors (not while exporting), the official compiled op for CUDA
+    tensors when it is importable, else the plain path. Shapes as in ``ms_deform_attn_core_pytorch``."""
+    if not torch.jit.is_scripting():
+        if _cpu_kernel_applies(value, sampling_locations, attention_weights):
+            return _ms_deform_attn_cpu(value, spatial_shapes, level_start_index, sampling_locations,
+                                       attention_weights)
+        if value.is_cuda and _compiled_op() is not None:
+            return _CompiledMSDeformAttnFunction.apply(
+                value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step
+            )
+    if value.device.type == "cpu":
+        _log_once("plain", "multi-scale deformable attention: using the plain grid_sample path on the CPU")
     return ms_deform_attn_core_pytorch(value, spatial_shapes, sampling_locations, attention_weights)
 
 
