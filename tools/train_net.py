@@ -84,10 +84,15 @@ class Trainer(DefaultTrainer):
         return adapt_sync_batchnorm(super().build_model(cfg))  # SyncBN needs CUDA: gloo-capable on the CPU
 
     def build_hooks(self):
+        ret = super().build_hooks()
+        if self.cfg.TEST.BEST_CHECKPOINT_METRIC and comm.is_main_process():  # model_best.pth, after each evaluation
+            at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)) + 1
+            ret.insert(at, hooks.BestCheckpointer(self.cfg.TEST.EVAL_PERIOD, self.checkpointer,
+                                                  self.cfg.TEST.BEST_CHECKPOINT_METRIC, mode="max"))
         if self.cfg.SEED < 0:
             logging.getLogger("focalnet_det").info("SEED < 0: a resumed run will not repeat the interrupted one")
-            return super().build_hooks()
-        return [SeedEveryIteration(self.cfg.SEED)] + super().build_hooks()
+            return ret
+        return [SeedEveryIteration(self.cfg.SEED)] + ret
 
     def resume_or_load(self, resume=True):
         super().resume_or_load(resume=resume)

@@ -3,7 +3,7 @@
 - ``sem_seg``: ``SemSegEvaluator`` (mIoU);
 - ``coco``: ``COCOEvaluator`` (mask AP);
 - ``coco_panoptic_seg``: ``COCOPanopticEvaluator`` (PQ, panopticapi) if ``TEST.PANOPTIC_ON``, ``COCOEvaluator``
-  on the dataset's instance json (mask AP) if ``TEST.INSTANCE_ON``, ``SemSegEvaluator`` (mIoU) if ``TEST.SEMANTIC_ON``;
+  on the dataset's instance json (mask AP) if ``TEST.INSTANCE_ON`` and the dataset has one, ``SemSegEvaluator`` (mIoU) if ``TEST.SEMANTIC_ON``;
 - ``ade20k_panoptic_seg``: ``SemSegEvaluator``, ``COCOPanopticEvaluator`` if ``PANOPTIC_ON``,
   :class:`InstanceSegEvaluator` if ``INSTANCE_ON``.
 
@@ -11,6 +11,7 @@ Mask AP only (``tasks=("segm",)``): Mask2Former predicts no boxes. COCO evaluati
 (``use_fast_impl=False``), which every Detectron2 install has.
 """
 import copy
+import logging
 
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
@@ -19,6 +20,8 @@ from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator
 from .sem_seg import build_sem_seg_evaluator
 
 __all__ = ["InstanceSegEvaluator", "build_maskformer_evaluators"]
+
+logger = logging.getLogger(__name__)
 
 
 class InstanceSegEvaluator(COCOEvaluator):
@@ -58,7 +61,11 @@ def build_maskformer_evaluators(cfg, dataset_name, output_folder):
     if evaluator_type in ("coco_panoptic_seg", "ade20k_panoptic_seg") and test.PANOPTIC_ON:
         evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
     if evaluator_type == "coco_panoptic_seg" and test.INSTANCE_ON:
-        evaluators.append(COCOEvaluator(dataset_name, tasks=("segm",), output_dir=output_folder, use_fast_impl=False))
+        if MetadataCatalog.get(dataset_name).get("json_file", None):
+            evaluators.append(COCOEvaluator(dataset_name, tasks=("segm",), output_dir=output_folder,
+                                            use_fast_impl=False))
+        else:  # a panoptic dataset registered from its files alone
+            logger.info(f"{dataset_name}: no instances json, so no mask AP (PQ and per-class IoU are evaluated)")
     if evaluator_type == "ade20k_panoptic_seg" and test.INSTANCE_ON:
         evaluators.append(InstanceSegEvaluator(dataset_name, tasks=("segm",), output_dir=output_folder,
                                                use_fast_impl=False))

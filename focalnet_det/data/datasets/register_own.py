@@ -198,7 +198,7 @@ def register_sem_seg_dataset(name, image_root, label_root, classes, ignore_label
         raise UserError(f"dataset {name!r}: ignore label {ignore_label} is class {classes[ignore_label]!r}; "
                         f"choose a value outside 0..{len(classes) - 1} (usually 255)")
     _claim(name, (image_root, label_root))
-    DatasetCatalog.register(name, lambda: load_sem_seg(label_root, image_root, gt_ext="png",
+    DatasetCatalog.register(name, lambda: load_sem_seg(label_root, image_root, gt_ext=".png",
                                                        image_ext=image_extension(image_root)))
     MetadataCatalog.get(name).set(
         image_root=image_root, sem_seg_root=label_root, stuff_classes=classes, ignore_label=ignore_label,
