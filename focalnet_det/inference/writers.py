@@ -194,12 +194,13 @@ class PredictionWriter:
         return {"file_name": stem + ".png", "segments_info": info}
 
     def finish(self):
-        """Assemble the JSON files from the journal (streamed; each file atomic). Returns their paths."""
+        """Assemble the JSON files from the journal (streamed; each file atomic). Returns their paths and the PNG
+        folders."""
         written = []
         if "instances" in self.kinds:
             written += [self._write_results(), self._write_annotations()]
         if "panoptic" in self.kinds:
-            written.append(self._write_panoptic_json())
+            written += [self._write_panoptic_json(), os.path.join(self.output_dir, "panoptic")]
         if "sem_seg" in self.kinds:
             written.append(os.path.join(self.output_dir, "sem_seg"))
         return written
