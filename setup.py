@@ -33,5 +33,7 @@ setup(
     package_data={"focalnet_det.modeling.layers": ["csrc/*.cpp"]},
     # onnx / onnxruntime: tools/export_model.py --format onnx writes and checks ONNX graphs (and its tests);
     # transformers: the tests build Hugging Face FocalNet checkpoints (reading them needs only safetensors/torch)
-    extras_require={"dev": ["pytest", "onnx", "onnxruntime", "transformers"]},
+    # web: tools/web_demo.py's page (Gradio) and its client; selenium (dev): the page's test in Debian's Chromium
+    extras_require={"dev": ["pytest", "onnx", "onnxruntime", "transformers", "selenium"],
+                    "web": ["gradio>=5", "gradio_client"]},
 )

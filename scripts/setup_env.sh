@@ -47,6 +47,24 @@ have "import focalnet_det, timm, fvcore, pycocotools, pytest, onnx, onnxruntime,
   $PIP install -e '.[dev]'
 }
 
+# the web page (tools/web_demo.py: Gradio, the optional "web" extra) and its browser test (selenium, with Debian's
+# chromium and chromedriver: nothing is downloaded when the tests run)
+have "import gradio, gradio_client, selenium" || {
+  echo "[setup] installing the web extra (gradio, gradio_client) and selenium"
+  $PIP install -e '.[dev,web]'
+}
+if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing Debian's chromium and chromium-driver (the web page's browser test)"
+    export DEBIAN_FRONTEND=noninteractive
+    APT="apt-get install -y -q --no-install-recommends chromium chromium-driver"
+    $APT >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && $APT >/dev/null 2>&1; } \
+      || echo "[setup] could not install chromium: the browser test will be skipped"
+  else
+    echo "[setup] no chromium/chromedriver (install Debian's chromium and chromium-driver): the browser test will be skipped"
+  fi
+fi
+
 # panopticapi (PQ evaluation, panoptic PNG ids): on PyPI only as panopticapi-lite 0.2.0, whose metadata pins
 # numpy<2 although it imports and computes PQ correctly with numpy 2.x (seen here). --no-deps keeps numpy 2
 # for the rest of the environment; setup.py cannot say --no-deps, hence this line.
