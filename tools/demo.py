@@ -11,7 +11,6 @@ configuration is wrong. The prediction files themselves: tools/predict.py.
 """
 import argparse
 import itertools
-import logging
 import os
 import sys
 import warnings
@@ -26,30 +25,22 @@ from detectron2.utils.video_visualizer import VideoVisualizer  # noqa: E402
 from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 
 from focalnet_det.allocator import reuse_freed_memory  # noqa: E402
-from focalnet_det.data import add_dataset_arguments  # noqa: E402
 from focalnet_det.errors import UserError  # noqa: E402
 from focalnet_det.fileio import atomic_path  # noqa: E402
 from focalnet_det.inference import (  # noqa: E402
-    Predictor, expand_inputs, for_each_input, is_video, load_tool_config, output_path, read_image, split_overrides,
-    video_frames,
+    Predictor, add_inference_arguments, expand_inputs, for_each_input, is_video, load_tool_config, output_path,
+    read_image, split_overrides, video_frames,
 )
 from focalnet_det.inference.inputs import video_info  # noqa: E402
 from focalnet_det.visualize import draw_predictions  # noqa: E402
 
-logger = logging.getLogger("focalnet_det.demo")
-
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True, metavar="FILE", help="path to the config file")
-    p.add_argument("--input", nargs="+", required=True,
-                   help="images, folders of images, glob patterns ('dir/*.jpg') or video files")
-    p.add_argument("--output", required=True, help="folder for the pictures (created if missing)")
+    add_inference_arguments(p, output_help="folder for the pictures (created if missing)",
+                            inputs_help="images, folders of images, glob patterns ('dir/*.jpg') or video files")
     p.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score of drawn instances")
     p.add_argument("--scale", type=float, default=1.0, help="drawing scale of still images (e.g. 3 for small ones)")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE pairs")
-    p.add_argument("overrides", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
-    add_dataset_arguments(p)  # class names of your own dataset (name it in DATASETS.TEST)
     return p
 
 
@@ -87,8 +78,6 @@ def main(argv=None):
     setup_logger()
     cfg = load_tool_config(args, split_overrides(args), args.confidence_threshold)
     paths = expand_inputs(args.input)
-    if not paths:
-        raise UserError(f"no input images found in {args.input}")
     os.makedirs(args.output, exist_ok=True)
     predictor = Predictor(cfg)
     used, outputs = set(), {}
@@ -101,8 +90,7 @@ def main(argv=None):
         else:
             process_image(predictor, path, out_path, args.confidence_threshold, args.scale)
 
-    done, skipped = for_each_input(paths, process, "demo.py", "demo")
-    logger.info(f"drew {len(done)} of {len(paths)} inputs into {args.output}" + (f"; skipped {skipped}" if skipped else ""))
+    for_each_input(paths, process, "demo.py", "demo", args.output)
     return 0
 
 

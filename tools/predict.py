@@ -26,10 +26,9 @@ warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from focalnet_det.allocator import reuse_freed_memory  # noqa: E402
-from focalnet_det.data import add_dataset_arguments  # noqa: E402
 from focalnet_det.errors import UserError  # noqa: E402
 from focalnet_det.inference import (  # noqa: E402
-    PredictionWriter, Predictor, expand_inputs, for_each_input, is_video, load_tool_config, read_image,
+    PredictionWriter, Predictor, add_inference_arguments, expand_inputs, for_each_input, is_video, load_tool_config, read_image,
     split_overrides, video_frames,
 )
 
@@ -38,17 +37,12 @@ logger = logging.getLogger("focalnet_det.predict")
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True, metavar="FILE", help="path to the config file")
-    p.add_argument("--input", nargs="+", required=True,
-                   help="images, folders of images, glob patterns ('dir/*.jpg') or video files")
-    p.add_argument("--output", required=True, help="folder for the prediction files (created if missing)")
+    add_inference_arguments(p, output_help="folder for the prediction files (created if missing)",
+                            inputs_help="images, folders of images, glob patterns ('dir/*.jpg') or video files")
     p.add_argument("--score-threshold", type=float, default=None,
                    help="minimum score of written instances (default: the config's, e.g. 0.05 for Mask R-CNN)")
     p.add_argument("--top-k", type=int, default=None, help="at most this many instances per image, best first")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run into the same --output")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE pairs")
-    p.add_argument("overrides", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
-    add_dataset_arguments(p)
     return p
 
 
@@ -62,8 +56,6 @@ def main(argv=None):
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
     cfg = load_tool_config(args, split_overrides(args), args.score_threshold)
     paths = expand_inputs(args.input)
-    if not paths:
-        raise UserError(f"no input images found in {args.input}")
     predictor = Predictor(cfg)
     writer = PredictionWriter(args.output, predictor.metadata, resume=args.resume,
                               score_threshold=args.score_threshold or 0.0, top_k=args.top_k)
@@ -82,10 +74,8 @@ def main(argv=None):
         elif not writer.is_done(os.path.abspath(path)):
             predict(os.path.abspath(path), os.path.basename(path), read_image(path, format="BGR"))
 
-    done, skipped = for_each_input(paths, process, "predict.py", "predict")
-    written = writer.finish()
-    logger.info(f"predicted {len(done)} of {len(paths)} inputs; wrote {', '.join(written)}"
-                + (f"; skipped {skipped}" if skipped else ""))
+    for_each_input(paths, process, "predict.py", "predict", args.output)
+    logger.info(f"wrote {', '.join(writer.finish())}")
     return 0
 
 

@@ -33,7 +33,9 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 import focalnet_det  # noqa: E402,F401  (registers the backbones)
 from focalnet_det.errors import UserError  # noqa: E402
 from focalnet_det.fileio import atomic_path  # noqa: E402
-from focalnet_det.inference import expand_inputs, for_each_input, load_tool_config, output_path, read_image, split_overrides  # noqa: E402,E501
+from focalnet_det.inference import (  # noqa: E402
+    add_inference_arguments, expand_inputs, for_each_input, load_tool_config, output_path, read_image, split_overrides,
+)
 from focalnet_det.visualize import find_focalnet, image_modulation_grid  # noqa: E402
 
 from focalnet_det.checkpoint import FocalNetCheckpointer as Checkpointer  # noqa: E402
@@ -43,13 +45,10 @@ logger = logging.getLogger("focalnet_det.visualize_modulation")
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True, metavar="FILE", help="path to the config file")
-    p.add_argument("--input", nargs="+", required=True, help="images, folders of images or glob patterns")
-    p.add_argument("--output", required=True, help="folder for the pictures (created if missing)")
+    add_inference_arguments(p, output_help="folder for the pictures (created if missing)",
+                            inputs_help="images, folders of images or glob patterns")
     p.add_argument("--block", type=int, default=-1, help="which block of each stage (Python index; default the last)")
     p.add_argument("--save-arrays", action="store_true", help="also write the maps as <name>.npz")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE pairs")
-    p.add_argument("overrides", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
     return p
 
 
@@ -91,17 +90,13 @@ def main(argv=None):
     setup_logger()
     cfg = load_tool_config(args, split_overrides(args))
     paths = expand_inputs(args.input, videos=False)
-    if not paths:
-        raise UserError(f"no input images found in {args.input}")
     backbone = build_focalnet(cfg)
     os.makedirs(args.output, exist_ok=True)
     used = set()
-    done, skipped = for_each_input(
+    for_each_input(
         paths, lambda path: visualize(backbone, cfg, path, output_path(args.output, path, used, ".png"), args.block,
                                       args.save_arrays),
-        "visualize_modulation.py", "modulation maps")
-    logger.info(f"wrote {len(done)} of {len(paths)} pictures into {args.output}"
-                + (f"; skipped {skipped}" if skipped else ""))
+        "visualize_modulation.py", "modulation maps", args.output)
     return 0
 
 

@@ -17,9 +17,8 @@ warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated
 
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from focalnet_det.data import add_dataset_arguments  # noqa: E402
 from focalnet_det.errors import UserError  # noqa: E402
-from focalnet_det.inference import Predictor, load_tool_config  # noqa: E402
+from focalnet_det.inference import Predictor, add_inference_arguments, load_tool_config, split_overrides  # noqa: E402
 from focalnet_det.inference.web import build_web_demo, import_gradio  # noqa: E402
 
 logger = logging.getLogger("focalnet_det.web_demo")
@@ -27,11 +26,9 @@ logger = logging.getLogger("focalnet_det.web_demo")
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True, metavar="FILE", help="path to the config file")
+    add_inference_arguments(p)
     p.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
-    add_dataset_arguments(p)
     return p
 
 
@@ -41,7 +38,7 @@ def main(argv=None):
     setup_logger(name="focalnet_det")
     setup_logger()
     import_gradio()  # a missing extra is a one-line error before the model is built
-    cfg = load_tool_config(args, args.opts)
+    cfg = load_tool_config(args, split_overrides(args))
     page, workdir = build_web_demo(Predictor(cfg))
     logger.info(f"serving on http://{args.host}:{args.port} (Ctrl-C stops)")
     page.queue().launch(server_name=args.host, server_port=args.port, allowed_paths=[workdir], ssr_mode=False,

@@ -1,7 +1,9 @@
 """What the tools read: input expansion (files, folders, globs, videos), image and video-frame reading that fails
 with an ``OSError`` naming the problem, unique output names, and the loop over inputs that reports and skips bad ones.
 Shared by ``tools/demo.py``, ``tools/predict.py``, ``tools/visualize_modulation.py`` and the web page."""
+import argparse
 import glob
+import logging
 import os
 import re
 import sys
@@ -14,13 +16,31 @@ from detectron2.data.detection_utils import read_image as _d2_read_image
 from ..errors import UserError
 
 __all__ = [
-    "IMAGE_EXTS", "VIDEO_EXTS", "is_video", "split_overrides", "expand_inputs", "read_image", "video_frames",
-    "output_path", "for_each_input",
+    "IMAGE_EXTS", "VIDEO_EXTS", "add_inference_arguments", "is_video", "split_overrides", "expand_inputs",
+    "read_image", "video_frames", "output_path", "for_each_input",
 ]
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg"}
 CFG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Za-z0-9_]+)+$")
+logger = logging.getLogger(__name__)
+
+
+def add_inference_arguments(parser, output_help=None, inputs_help=None):
+    """The arguments the inference tools share: ``--config-file``, ``--input`` (when ``inputs_help``), ``--output``
+    (when ``output_help``), ``--opts`` and trailing ``KEY VALUE`` overrides (read them with :func:`split_overrides`),
+    and the ``--register-*`` dataset flags (``focalnet_det.data``)."""
+    from ..data import add_dataset_arguments
+
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to the config file")
+    if inputs_help:
+        parser.add_argument("--input", nargs="+", required=True, help=inputs_help)
+    if output_help:
+        parser.add_argument("--output", required=True, help=output_help)
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE pairs")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
+    add_dataset_arguments(parser)
+    return parser
 
 
 def is_video(path):
@@ -30,7 +50,7 @@ def is_video(path):
 def split_overrides(args):
     """Trailing KEY VALUE pairs may land in ``args.input`` (argparse's nargs="+"): move them, from the first config
     key on, to the overrides; returns ``args.opts + args.overrides + those``."""
-    for i, item in enumerate(args.input):
+    for i, item in enumerate(getattr(args, "input", None) or []):
         if CFG_KEY.match(item) and not os.path.exists(item):
             args.input, extra = args.input[:i], args.input[i:]
             return args.opts + args.overrides + extra
@@ -39,7 +59,7 @@ def split_overrides(args):
 
 def expand_inputs(items, videos=True):
     """Folders become their image (and, with ``videos``, video) files, sorted; glob patterns are expanded; other
-    paths stay as given (a missing one is reported when it is read)."""
+    paths stay as given (a missing one is reported when it is read). A UserError when nothing is found."""
     exts = IMAGE_EXTS | (VIDEO_EXTS if videos else set())
     paths = []
     for item in items:
@@ -50,6 +70,8 @@ def expand_inputs(items, videos=True):
             paths += sorted(glob.glob(os.path.expanduser(item)))
         else:
             paths.append(item)
+    if not paths:
+        raise UserError(f"no input images found in {list(items)}")
     return paths
 
 
@@ -109,12 +131,10 @@ def output_path(output_dir, path, used, ext=None):
     return os.path.join(output_dir, name)
 
 
-def for_each_input(paths, process, tool, desc):
+def for_each_input(paths, process, tool, desc, output):
     """Call ``process(path)`` for every path under a progress bar; an ``OSError`` (unreadable input) is reported on
-    stderr as ``<tool>: skipped <path>: <reason>`` and the path skipped. Returns ``(done, skipped)`` (lists of
-    paths); a ``UserError`` when nothing was done."""
-    if not paths:
-        raise UserError("no input images found")
+    stderr as ``<tool>: skipped <path>: <reason>`` and the path skipped; the tally is logged (``output``: where the
+    results went). Returns the paths done; a ``UserError`` when none was."""
     done, skipped = [], []
     for path in tqdm.tqdm(paths, disable=len(paths) < 2, desc=desc):
         try:
@@ -126,4 +146,6 @@ def for_each_input(paths, process, tool, desc):
         done.append(path)
     if not done:
         raise UserError(f"none of the {len(paths)} inputs could be read")
-    return done, skipped
+    logger.info(f"{desc}: {len(done)} of {len(paths)} inputs done, into {output}"
+                + (f"; skipped {skipped}" if skipped else ""))
+    return done
