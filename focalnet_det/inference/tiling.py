@@ -207,17 +207,26 @@ def merge_instances(parts, image_size, max_detections=100):
         return Instances(image_size, pred_boxes=Boxes(torch.zeros(0, 4)), scores=torch.zeros(0),
                          pred_classes=torch.zeros(0, dtype=torch.int64))
     all_ = Instances.cat(parts)  # CroppedMasks has its own cat
+    boxes, classes = all_.pred_boxes.tensor, all_.pred_classes
     order = sorted(range(len(all_)), key=lambda k: (bool(all_.cut[k]), -float(all_.scores[k])))
     kept = []  # one-element Instances, merged in place
+    kept_boxes, kept_classes = torch.zeros(len(all_), 4), torch.zeros(len(all_), dtype=classes.dtype)
     for k in order:
-        cand = all_[[k]]
-        for n, obj in enumerate(kept):
-            if int(obj.pred_classes[0]) != int(cand.pred_classes[0]) or _same_object(obj, 0, cand, 0) <= DUPLICATE_IOU:
+        cand, kb = all_[[k]], kept_boxes[: len(kept)]
+        # only kept detections of the class whose boxes meet this one's are compared exactly
+        meet = (torch.minimum(kb[:, 2], boxes[k, 2]) >= torch.maximum(kb[:, 0], boxes[k, 0])) & \
+               (torch.minimum(kb[:, 3], boxes[k, 3]) >= torch.maximum(kb[:, 1], boxes[k, 1])) & \
+               (kept_classes[: len(kept)] == classes[k])
+        for n in torch.nonzero(meet).flatten().tolist():
+            obj = kept[n]
+            if _same_object(obj, 0, cand, 0) <= DUPLICATE_IOU:
                 continue
             if bool(obj.cut[0]) and bool(cand.cut[0]):  # two parts of an object larger than the overlap
                 kept[n] = _join(obj, cand)
+                kept_boxes[n] = kept[n].pred_boxes.tensor[0]
             break
         else:
+            kept_boxes[len(kept)], kept_classes[len(kept)] = boxes[k], classes[k]
             kept.append(cand)
     merged = Instances.cat(kept)
     merged = merged[torch.argsort(merged.scores, descending=True)[:max_detections]]
