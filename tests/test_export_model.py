@@ -3,6 +3,7 @@ against eager models the test builds itself from the same checkpoint; DINO and M
 instance) to both formats; the README's loaders in a fresh Python; refusals and the failed check."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ HEADS = {  # narrower heads where the Tiny config's are wide
           "MODEL.MASK_FORMER.HIDDEN_DIM", "64", "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "128"],
     UPERNET: [],
     DINO: ["MODEL.DINO.HIDDEN_DIM", "32", "MODEL.DINO.DIM_FEEDFORWARD", "64", "MODEL.DINO.NUM_QUERIES", "20",
-           "MODEL.DINO.NUM_SELECT", "30"],
+           "MODEL.DINO.NUM_SELECT", "30", "MODEL.DINO.ENC_LAYERS", "1", "MODEL.DINO.DEC_LAYERS", "2"],
 }
 M2F_TASKS = {  # MODEL.MASK_FORMER.TEST switches of a semantic, a panoptic and an instance config
     task: [v for key in ("SEMANTIC", "PANOPTIC", "INSTANCE")
@@ -125,6 +126,41 @@ def assert_close(exported, eager):
     scale = eager.abs().max().item()
     assert scale > 0
     assert (exported - eager).abs().max().item() <= 1e-4 * scale
+
+
+def readme_loader(fmt):
+    """The README's block that loads and runs ``exported/model.ts`` (or ``.onnx``), as written there."""
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    (code,) = [b for b in blocks if b.startswith(f"# load exported/model.{'ts' if fmt == 'torchscript' else 'onnx'}")]
+    return code
+
+
+def run_readme_loader(fmt, folder, drop=""):
+    """The README's loader (without the line ``drop``) in a fresh Python, in ``folder`` (holding exported/ and
+    image.jpg); lines appended to it check that neither Detectron2 nor this package was imported and save the outputs.
+    Returns the finished process and the outputs."""
+    code = readme_loader(fmt)
+    assert drop in code
+    code = code.replace(drop, "") + (
+        "\nimport sys\nassert not {'detectron2', 'focalnet_det'} & set(sys.modules)\n"
+        "import numpy\nnumpy.savez('outputs.npz', *[numpy.asarray(v) for v in outputs])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    if r.returncode != 0:
+        return r, None
+    with np.load(folder / "outputs.npz") as f:
+        return r, [torch.as_tensor(f[f"arr_{i}"]) for i in range(len(f.files))]
+
+
+def readme_image(folder, cfg, height, width):
+    """image.jpg (another size than the export's) in ``folder``, and what the README's loader makes of it: the
+    (3, height, width) float image in INPUT.FORMAT."""
+    write_sample(folder / "image.jpg", 50, 70)
+    image = cv2.resize(cv2.imread(str(folder / "image.jpg")), (width, height))
+    if cfg.INPUT.FORMAT == "RGB":
+        image = image[:, :, ::-1]
+    return torch.as_tensor(image.transpose(2, 0, 1).copy()).float()
 
 
 def test_upernet_onnx(tmp_path, sample, capsys):
@@ -248,20 +284,25 @@ def test_mask2former(tmp_path, sample2, task, fmt):
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_dino(tmp_path, sample2, fmt):
-    """Top-k boxes (input pixels), scores and labels out of the file, as the eager model's Instances."""
+    """Top-k boxes (input pixels), scores and labels out of the file, as the eager model's Instances; the file run by
+    the README's loader in a fresh Python, on an image of another size."""
     weights, cfg = checkpoint(tmp_path, DINO, seed=5)
     code, out = export(tmp_path, DINO, fmt, sample2, weights)
     assert code == 0
     assert_samples_with_grid_sample(out, fmt)
-    image = image_of(sample2, cfg)
-    got = run_exported(out, fmt, image[None])
+    out.rename(tmp_path / "exported")
+    image = readme_image(tmp_path, cfg, H2, W2)
+    r, outputs = run_readme_loader(fmt, tmp_path)
+    assert r.returncode == 0, r.stderr
+    k = cfg.MODEL.DINO.NUM_SELECT
+    assert r.stdout.splitlines() == [f"boxes ({k}, 4)", f"scores ({k},)", f"labels ({k},)"]
     with torch.no_grad():
         eager = eager_model(cfg, weights)([{"image": image}])[0]["instances"]
-    assert list(got) == ["boxes", "scores", "labels"] and len(eager) == cfg.MODEL.DINO.NUM_SELECT
-    assert_close(got["boxes"], eager.pred_boxes.tensor)
-    assert_close(got["scores"], eager.scores)
-    assert torch.equal(got["labels"], eager.pred_classes)
-    assert eager.image_size == (H2, W2)
+    assert len(eager) == k and eager.image_size == (H2, W2)
+    boxes, scores, labels = outputs
+    assert_close(boxes, eager.pred_boxes.tensor)
+    assert_close(scores, eager.scores)
+    assert torch.equal(labels, eager.pred_classes)
 
 
 def test_dino_nms_in_the_onnx_graph(tmp_path, sample2):
@@ -280,22 +321,30 @@ def test_dino_nms_in_the_onnx_graph(tmp_path, sample2):
 
 
 def test_mask_rcnn_torchscript(tmp_path, sample):
-    weights, cfg = checkpoint(tmp_path, MASK_RCNN, seed=4)
-    code, out = export(tmp_path, MASK_RCNN, "torchscript", sample, weights)
+    """Run by the README's loader in a fresh Python: it needs torchvision imported first (else "Unknown builtin op:
+    torchvision::nms", as the README says), and then gives the eager model's outputs."""
+    keep_all = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+    weights, cfg = checkpoint(tmp_path, MASK_RCNN, seed=4, opts=keep_all)
+    code, out = export(tmp_path, MASK_RCNN, "torchscript", sample, weights, *keep_all)
     assert code == 0
-    image = image_of(sample, cfg)
+    summary = json.loads((out / "model.json").read_text())
+    assert [o["name"] for o in summary["outputs"]] == [
+        "instances.pred_boxes", "instances.pred_classes", "instances.pred_masks", "instances.scores",
+        "instances.image_size"]
+    assert summary["needs"].startswith("torch and torchvision")
+    out.rename(tmp_path / "exported")
+    image = readme_image(tmp_path, cfg, H, W)
+    r, _ = run_readme_loader("torchscript", tmp_path, drop="import torchvision")
+    assert r.returncode != 0 and "Unknown builtin op: torchvision::nms" in r.stderr
+    r, (boxes, classes, masks, scores, size) = run_readme_loader("torchscript", tmp_path)
+    assert r.returncode == 0, r.stderr
     with torch.no_grad():
-        boxes, classes, masks, scores, size = torch.jit.load(str(out / "model.ts"))(image)
         eager = eager_model(cfg, weights).inference([{"image": image}], do_postprocess=False)[0]
     assert len(eager) > 0 and size.tolist() == [H, W]
     assert_close(boxes, eager.pred_boxes.tensor)
     assert torch.equal(classes, eager.pred_classes)
     assert_close(masks, eager.pred_masks)
     assert_close(scores, eager.scores)
-    summary = json.loads((out / "model.json").read_text())
-    assert [o["name"] for o in summary["outputs"]] == [
-        "instances.pred_boxes", "instances.pred_classes", "instances.pred_masks", "instances.scores",
-        "instances.image_size"]
 
 
 @pytest.mark.parametrize(
@@ -337,3 +386,27 @@ def test_a_differing_export_exits_1(tmp_path, sample, monkeypatch, capsys):
     assert code == 1
     assert "differs from the eager model by 1" in capsys.readouterr().err
     assert json.loads((out / "model.json").read_text())["check"]["passed"] is False
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_failed_write_leaves_the_previous_file(tmp_path, monkeypatch, fmt):
+    """Exports are written under a temporary name and renamed when complete: a writer failing half-way leaves the
+    previous export as it was and no partial file."""
+    path = tmp_path / ("model.onnx" if fmt == "onnx" else "model.ts")
+    path.write_bytes(b"the previous export")
+
+    def half_written(module, inputs, f, *args, **kwargs):
+        with open(f, "wb") as out:
+            out.write(b"half")
+        raise RuntimeError("disk full")
+
+    if fmt == "onnx":
+        monkeypatch.setattr(torch.onnx, "export", half_written)
+    else:
+        monkeypatch.setattr(torch.jit.ScriptModule, "save", lambda self, f, **kw: half_written(None, None, f))
+    module = torch.nn.Conv2d(3, 2, 1).eval()
+    x = torch.rand(1, 3, 8, 8)
+    t = exporter.Traceable(module, (x,), ["y"], (module(x),), {})
+    with pytest.raises(RuntimeError, match="disk full"):
+        (exporter.write_onnx if fmt == "onnx" else exporter.write_torchscript)(t, str(path))
+    assert path.read_bytes() == b"the previous export" and os.listdir(tmp_path) == [path.name]
