@@ -7,6 +7,8 @@ and high, and returns them as Detectron2 models do (instances, semantic scores, 
 exactly, so the merging can be checked pixel for pixel, and the effect of tiling (small objects visible at the
 tile's scale, lost when the whole image is shrunk) is the one a trained detector has, without depending on how well
 a network was trained. The real models of every family then run the same tiled path."""
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -218,15 +220,29 @@ def test_semantic_and_panoptic_are_built_from_the_merged_tiles():
     ("upernet_focalnet_tiny_shapes.yaml", ["TEST.AUG.ENABLED", "False"]),
     ("dino_focalnet_tiny_shapes.yaml", ["MODEL.DINO.HIDDEN_DIM", "32", "MODEL.DINO.DIM_FEEDFORWARD", "64"]),
 ])
-def test_every_head_family_predicts_a_large_image_by_tiles(config, opts, one_thread):
+def test_every_head_family_predicts_a_large_image_by_tiles(config, opts, one_thread, tmp_path):
     from pathlib import Path
+    from PIL import Image
+    from pycocotools.coco import COCO
     from focalnet_det.config import load_config
+    from focalnet_det.inference import PredictionWriter
 
     cfg = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "Tiny" / config),
                       ["MODEL.FOCALNET.EMBED_DIM", "16", "MODEL.FOCALNET.DEPTHS", "[1,1,1,1]", *opts,
                        "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96", "TEST.TILE.SIZE", "96"])
     torch.manual_seed(0)
-    out = Predictor(cfg)(np.random.default_rng(0).integers(0, 255, (150, 230, 3), dtype=np.uint8))
+    predictor = Predictor(cfg)
+    out = predictor(np.random.default_rng(0).integers(0, 255, (150, 230, 3), dtype=np.uint8))
+    writer = PredictionWriter(tmp_path, predictor.metadata)  # the tiled outputs as files
+    writer.add("/x/big.png", "big.png", (150, 230), out)
+    written = {os.path.basename(p) for p in writer.finish()}
+    if "instances" in out:
+        gt = COCO(str(tmp_path / "annotations.json"))
+        assert len(gt.loadRes(str(tmp_path / "predictions.json")).getAnnIds()) == len(out["instances"])
+    if "sem_seg_labels" in out:
+        assert np.array_equal(np.array(Image.open(tmp_path / "sem_seg" / "big.png")), out["sem_seg_labels"].numpy())
+    if "panoptic_seg" in out:
+        assert "panoptic.json" in written and (tmp_path / "panoptic" / "big.png").is_file()
     for key, value in out.items():
         if key == "instances":
             assert value.image_size == (150, 230) and len(value) > 0
