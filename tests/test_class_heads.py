@@ -10,6 +10,7 @@ import torch
 from detectron2.modeling import build_model
 
 from focalnet_det.checkpoint import FocalNetCheckpointer
+from focalnet_det.checkpoint import dino, mmdet
 from focalnet_det.checkpoint.class_heads import is_class_dependent
 from focalnet_det.checkpoint.mmseg import MMSEG_UPERNET_RENAMES
 from focalnet_det.config import load_config
@@ -49,6 +50,11 @@ def test_the_rule_names_exactly_the_parameters_sized_by_the_class_count(released
     changing = {k for k in a if a[k].shape != b[k].shape}  # measured: what the class count changes
     assert changing, family
     assert {k for k in a if is_class_dependent(k)} == changing, family
+    # the converters of whole released files (official DINO, mmdet R-CNN) keep their own lists: the same rule
+    if family == "dino":
+        assert set(dino.CLASS_DEPENDENT_KEYS) == changing
+    if family in ("mask_rcnn", "cascade"):
+        assert {k for k in a if mmdet._CLASS_DEPENDENT.match(k)} == changing
 
 
 def save(state_dict, path):

@@ -125,7 +125,7 @@ def write_panoptic(root, size=32):
         Image.fromarray(id2rgb(ids)).save(root / "panoptic" / f"p{i}.png")
         images.append({"id": i, "file_name": f"p{i}.jpg", "height": size, "width": size})
         annotations.append({"image_id": i, "file_name": f"p{i}.png", "segments_info": [
-            {"id": 5 + i, "category_id": 42, "iscrowd": 0}, {"id": 300, "category_id": 7, "iscrowd": 0}]})
+            {"id": s, "category_id": c, "iscrowd": 0, "area": int((ids == s).sum())} for s, c in ((5 + i, 42), (300, 7))]})
         sem = np.full((size, size), 255, np.uint8)
         sem[ids == 5 + i], sem[ids == 300] = 1, 0  # contiguous: 7 -> 0, 42 -> 1
         expected[f"p{i}.png"] = sem
@@ -154,13 +154,13 @@ def test_coco_panoptic_with_its_semantic_view_written_once(tmp_path, monkeypatch
     assert MetadataCatalog.get(name).sem_seg_root and os.path.getmtime(dicts[0]["sem_seg_file_name"]) == written
 
 
-def write_sem_seg(root, values=((0, 1), (2, 255), (1, 2))):
+def write_sem_seg(root, values=((0, 1), (2, 255), (1, 2)), size=16):
     for folder in ("img", "lbl"):
         (root / folder).mkdir(parents=True)
     for i, (a, b) in enumerate(values):
-        Image.fromarray(np.full((16, 16, 3), 80, np.uint8)).save(root / "img" / f"s{i}.jpg")
-        label = np.full((16, 16), a, np.uint8)
-        label[8:] = b
+        Image.fromarray(np.full((size, size, 3), 80, np.uint8)).save(root / "img" / f"s{i}.jpg")
+        label = np.full((size, size), a, np.uint8)
+        label[size // 2:] = b
         Image.fromarray(label).save(root / "lbl" / f"s{i}.png")
     return root / "img", root / "lbl"
 
@@ -314,10 +314,33 @@ def test_fine_tune_a_checkpoint_of_another_class_count_on_a_coco_file(tmp_path):
         assert f"{key} re-initialised for the class count (MODEL.ROI_HEADS.NUM_CLASSES): {before} in the checkpoint, " \
                f"{after} in the model" in log
     assert "pets_train: dropped 1 annotations whose box has zero or negative width or height" in log
-    assert "1 annotations have a box of zero or negative size (ids 6)" in log  # the check before launch
+    assert "1 annotations have a box of zero or negative size (ids 6); they are dropped when pets_train is loaded" in log
     table = log[log.index("Per-category bbox AP"):]
     assert "| cat " in table and "| dog " in table  # the file's class names, not ids
     metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     final = next(m for m in reversed(metrics) if "bbox/AP" in m)
     assert {"bbox/AP-cat", "bbox/AP-dog", "segm/AP-cat", "segm/AP-dog"} <= set(final)
     assert (out / "model_best.pth").is_file()
+
+
+def test_per_class_pq_of_ground_truth_and_of_a_missed_class(tmp_path, monkeypatch):
+    """PQ-<class> for every class: 100 for ground truth given as predictions; a class never predicted gets 0, the
+    others keep 100."""
+    from focalnet_det.data.datasets.panoptic_utils import rgb2id
+    from focalnet_det.evaluation import PerClassPanopticEvaluator
+
+    monkeypatch.setenv("FOCALNET_DET_CACHE", str(tmp_path / "cache"))
+    json_file, pngs, images, _ = write_panoptic(tmp_path / "data")
+    name = f"pan_{tmp_path.name}"
+    register("--register-coco-panoptic", name, str(json_file), str(pngs), str(images))
+    for drop, expected in ((None, {"cat": 100.0, "grass": 100.0}), (0, {"cat": 0.0, "grass": 100.0})):
+        evaluator = PerClassPanopticEvaluator(name, str(tmp_path / f"eval{drop}"))
+        evaluator.reset()
+        for d in DatasetCatalog.get(name):
+            ids = torch.as_tensor(rgb2id(np.asarray(Image.open(d["pan_seg_file_name"]))))
+            segments = [{"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]}
+                        for s in d["segments_info"] if s["category_id"] != drop]
+            ids[~torch.isin(ids, torch.tensor([s["id"] for s in segments]))] = 0  # a dropped segment: no prediction
+            evaluator.process([d], [{"panoptic_seg": (ids, segments)}])
+        results = evaluator.evaluate()["panoptic_seg"]
+        assert {k[3:]: pytest.approx(v) for k, v in results.items() if k.startswith("PQ-")} == expected

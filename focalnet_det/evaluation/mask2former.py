@@ -2,9 +2,9 @@
 
 - ``sem_seg``: ``SemSegEvaluator`` (mIoU);
 - ``coco``: ``COCOEvaluator`` (mask AP);
-- ``coco_panoptic_seg``: ``COCOPanopticEvaluator`` (PQ, panopticapi) if ``TEST.PANOPTIC_ON``, ``COCOEvaluator``
+- ``coco_panoptic_seg``: ``PerClassPanopticEvaluator`` (PQ, per class too; panopticapi) if ``TEST.PANOPTIC_ON``, ``COCOEvaluator``
   on the dataset's instance json (mask AP) if ``TEST.INSTANCE_ON`` and the dataset has one, ``SemSegEvaluator`` (mIoU) if ``TEST.SEMANTIC_ON``;
-- ``ade20k_panoptic_seg``: ``SemSegEvaluator``, ``COCOPanopticEvaluator`` if ``PANOPTIC_ON``,
+- ``ade20k_panoptic_seg``: ``SemSegEvaluator``, ``PerClassPanopticEvaluator`` if ``PANOPTIC_ON``,
   :class:`InstanceSegEvaluator` if ``INSTANCE_ON``.
 
 Mask AP only (``tasks=("segm",)``): Mask2Former predicts no boxes. COCO evaluation in pure Python
@@ -15,8 +15,9 @@ import logging
 
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
-from detectron2.evaluation import COCOEvaluator, COCOPanopticEvaluator
+from detectron2.evaluation import COCOEvaluator
 
+from .panoptic import PerClassPanopticEvaluator
 from .sem_seg import build_sem_seg_evaluator
 
 __all__ = ["InstanceSegEvaluator", "build_maskformer_evaluators"]
@@ -59,7 +60,7 @@ def build_maskformer_evaluators(cfg, dataset_name, output_folder):
     if evaluator_type == "coco":
         evaluators.append(COCOEvaluator(dataset_name, tasks=("segm",), output_dir=output_folder, use_fast_impl=False))
     if evaluator_type in ("coco_panoptic_seg", "ade20k_panoptic_seg") and test.PANOPTIC_ON:
-        evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
+        evaluators.append(PerClassPanopticEvaluator(dataset_name, output_folder))
     if evaluator_type == "coco_panoptic_seg" and test.INSTANCE_ON:
         if MetadataCatalog.get(dataset_name).get("json_file", None):
             evaluators.append(COCOEvaluator(dataset_name, tasks=("segm",), output_dir=output_folder,

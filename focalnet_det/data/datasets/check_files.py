@@ -88,13 +88,14 @@ def check_coco_file(json_file, image_root, name="dataset"):
     if degenerate:
         logger.warning(f"{json_file}: {len(degenerate)} annotations have a box of zero or negative size (ids "
                        f"{', '.join(map(str, degenerate[:_FIRST]))}{', ...' if len(degenerate) > _FIRST else ''}); "
-                       f"training on {name} drops them")
+                       f"they are dropped when {name} is loaded")
     _check_present(image_root, [img["file_name"] for img in images.values()], json_file, "images", "IMAGE_DIR")
 
 
 def check_panoptic_file(json_file, png_root, image_root):
     """A COCO panoptic file: readable JSON, categories with ``isthing``, every annotation's ``image_id`` and
-    segments' ``category_id`` known, every image and panoptic PNG on disk."""
+    segments' ``category_id`` known (and the segment fields the PQ evaluation reads), every image and panoptic
+    PNG on disk."""
     data = read_json(json_file)
     images = _images(data, json_file)
     category_ids = {c["id"] for c in _panoptic_categories(json_file)}
@@ -106,6 +107,10 @@ def check_panoptic_file(json_file, png_root, image_root):
             raise UserError(f"{json_file}: annotations[{i}] ({ann['file_name']}) has image_id {ann.get('image_id')!r}, "
                             f"which is not in 'images'")
         for s in ann["segments_info"]:
+            lacking = [k for k in ("id", "category_id", "area", "iscrowd") if k not in s]
+            if lacking:
+                raise UserError(f"{json_file}: annotations[{i}] ({ann['file_name']}) segment {s.get('id')!r} lacks "
+                                f"{', '.join(map(repr, lacking))} (panopticapi reads id, category_id, area, iscrowd)")
             if s.get("category_id") not in category_ids:
                 raise UserError(f"{json_file}: annotations[{i}] ({ann['file_name']}) segment {s.get('id')!r} has "
                                 f"category_id {s.get('category_id')!r}, which is not in 'categories'")
