@@ -78,3 +78,16 @@ def test_demo_config_errors_are_one_line(tmp_path, inputs, config, extra, words)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("demo.py: error:") and words in lines[0], r.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not CONFIG.is_file(), reason="configs/Tiny config missing")
+def test_demo_draws_tiled_predictions(tmp_path, inputs):
+    """TEST.TILE.SIZE: the same pictures from the tiled path (cropped masks pasted for drawing only)."""
+    import demo
+
+    out = tmp_path / "tiled"
+    assert demo.main(["--config-file", str(CONFIG), "--output", str(out), "--confidence-threshold", "0.0",
+                      "--input", inputs[0], *SHRINK, "TEST.TILE.SIZE", "40", "INPUT.MIN_SIZE_TEST", "40",
+                      "INPUT.MAX_SIZE_TEST", "40"]) == 0
+    drawn = cv2.imread(str(out / "000000.png"))
+    assert drawn.shape == (64, 64, 3) and not (drawn == cv2.imread(inputs[0])).all()

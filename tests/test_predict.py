@@ -5,8 +5,6 @@ The models are small random-weight FocalNet models of three head families (saved
 same weights); their metrics are low but not zero, which is all an equality test needs."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,6 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-PREDICT = REPO / "tools" / "predict.py"
 SMALL_MASK_RCNN = [
     "MODEL.FOCALNET.EMBED_DIM", "16", "MODEL.FOCALNET.DEPTHS", "[1,1,1,1]", "MODEL.FPN.OUT_CHANNELS", "16",
     "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.ROI_MASK_HEAD.CONV_DIM", "16",
@@ -216,23 +213,18 @@ def test_semantic_files_give_eval_only_miou_and_resume_skips_done_images(tmp_pat
     assert value == pytest.approx(res["sem_seg"]["mIoU"], abs=1e-6)
 
 
-def run_tool(args, tmp_path):
-    env = dict(os.environ, FOCALNET_DET_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(PREDICT)] + args, env=env, capture_output=True, text=True, timeout=300)
-
-
-def test_predict_skips_unreadable_inputs_and_reports_config_errors_in_one_line(tmp_path):
+def test_predict_skips_unreadable_inputs_and_names_config_mistakes(tmp_path, capsys):
+    import predict as predict_tool
     from focalnet_det.data.datasets.tiny_shapes import generate_tiny_shapes
+    from focalnet_det.errors import UserError
 
     root = generate_tiny_shapes(tmp_path / "shapes", num_train=0, num_val=2, image_size=64, min_size=12, max_size=30)
     bad = tmp_path / "broken.jpg"
     bad.write_text("not a JPEG")
     config = str(REPO / CONFIGS["mask_rcnn"][0])
-    r = run_tool(["--config-file", config, "--input", str(root / "val"), str(bad), "--output", str(tmp_path / "o"),
-                  "--score-threshold", "0.3", "--top-k", "5", *SMALL_MASK_RCNN], tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "Traceback" not in r.stderr
-    skipped = [line for line in r.stderr.splitlines() if "broken.jpg" in line]
+    assert predict_tool.main(["--config-file", config, "--input", str(root / "val"), str(bad), "--output",
+                              str(tmp_path / "o"), "--score-threshold", "0.3", "--top-k", "5", *SMALL_MASK_RCNN]) == 0
+    skipped = [line for line in capsys.readouterr().err.splitlines() if "broken.jpg" in line]
     assert len(skipped) == 1 and "predict.py: skipped" in skipped[0]
     with open(tmp_path / "o" / "predictions.json") as f:
         results = json.load(f)
@@ -243,6 +235,9 @@ def test_predict_skips_unreadable_inputs_and_reports_config_errors_in_one_line(t
     assert max(per_image.values(), default=0) <= 5
     assert not list((tmp_path / "o").glob(".*tmp*"))  # no temporary file left behind
 
-    r = run_tool(["--config-file", config, "--input", str(bad), "--output", str(tmp_path / "o2"),
-                  "MODEL.NO_SUCH_KEY", "1"], tmp_path)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "MODEL.NO_SUCH_KEY" in r.stderr
+    with pytest.raises(UserError, match="MODEL.NO_SUCH_KEY"):
+        predict_tool.main(["--config-file", config, "--input", str(bad), "--output", str(tmp_path / "o2"),
+                           "MODEL.NO_SUCH_KEY", "1"])
+    with pytest.raises(UserError, match="none of the 1 inputs could be read"):
+        predict_tool.main(["--config-file", config, "--input", str(bad), "--output", str(tmp_path / "o3"),
+                           *SMALL_MASK_RCNN])
