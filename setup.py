@@ -35,5 +35,5 @@ setup(
     # transformers: the tests build Hugging Face FocalNet checkpoints (reading them needs only safetensors/torch)
     # web: tools/web_demo.py's page (Gradio) and its client; selenium (dev): the page's test in Debian's Chromium
     extras_require={"dev": ["pytest", "onnx", "onnxruntime", "transformers", "selenium"],
-                    "web": ["gradio>=5", "gradio_client"]},
+                    "web": ["gradio>=6,<7", "gradio_client"]},
 )

@@ -41,8 +41,7 @@ def main(argv=None):
     cfg = load_tool_config(args, split_overrides(args))
     page, workdir = build_web_demo(Predictor(cfg))
     logger.info(f"serving on http://{args.host}:{args.port} (Ctrl-C stops)")
-    page.queue().launch(server_name=args.host, server_port=args.port, allowed_paths=[workdir], ssr_mode=False,
-                        footer_links=["api"])
+    page.queue().launch(server_name=args.host, server_port=args.port, allowed_paths=[workdir], ssr_mode=False)
     return 0
 
 
