@@ -31,6 +31,7 @@ from PIL import Image
 
 from focalnet_det.data.datasets.panoptic_utils import id2rgb
 from focalnet_det.data.datasets.register_ade20k_panoptic import ADE20K_150_CATEGORIES, ADE20K_150_THING_IDS
+from focalnet_det.fileio import atomic_open, atomic_path
 
 SPLITS = (("val", "validation"), ("train", "training"))
 
@@ -83,7 +84,8 @@ def convert_split(root, name, dirname):
         h, w = semantic.shape
         images.append({"id": stem, "file_name": stem + ".jpg", "width": w, "height": h})
         ids, segments = convert_image(semantic, instance)
-        Image.fromarray(id2rgb(ids)).save(os.path.join(out_dir, stem + ".png"))
+        with atomic_path(os.path.join(out_dir, stem + ".png")) as tmp:  # whole or not at all
+            Image.fromarray(id2rgb(ids)).save(tmp)
         info = []
         for seg_id, category, mask, isthing in segments:
             area = int(mask.sum())
@@ -97,9 +99,9 @@ def convert_split(root, name, dirname):
         if (k + 1) % 1000 == 0:
             print(f"  {name}: {k + 1}/{len(files)}")
     categories = [dict(c) for c in ADE20K_150_CATEGORIES]
-    with open(os.path.join(root, f"ade20k_panoptic_{name}.json"), "w") as f:
+    with atomic_open(os.path.join(root, f"ade20k_panoptic_{name}.json"), "w") as f:
         json.dump({"images": images, "annotations": pan_annotations, "categories": categories}, f)
-    with open(os.path.join(root, f"ade20k_instance_{name}.json"), "w") as f:
+    with atomic_open(os.path.join(root, f"ade20k_instance_{name}.json"), "w") as f:
         json.dump({"images": images, "annotations": ins_annotations,
                    "categories": [c for c in categories if c["isthing"]]}, f)
     return len(files)

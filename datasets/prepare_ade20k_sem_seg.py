@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from focalnet_det.fileio import atomic_path
+
 SPLITS = ("training", "validation")
 
 
@@ -32,7 +34,8 @@ def shift_labels(label):
 
 def _convert(paths):
     src, dst = paths
-    Image.fromarray(shift_labels(Image.open(src))).save(dst)
+    with atomic_path(dst) as tmp:  # whole or not at all: a killed run leaves no half-written label map
+        Image.fromarray(shift_labels(Image.open(src))).save(tmp)
 
 
 def prepare(root, workers=4):

@@ -9,13 +9,54 @@ microsoft/FocalNet#45 (DINO files), the Hugging Face repos themselves. Every Azu
 from dataclasses import dataclass
 from typing import Optional
 
-__all__ = ["ZooEntry", "ZOO", "find_entry", "TASKS"]
+__all__ = ["Variant", "VARIANTS", "ZooEntry", "ZOO", "find_entry", "TASKS"]
 
 GITHUB = "https://github.com/microsoft/FocalNet/releases/download/v1.0.0/"
 BLOB = "https://projects4jw.blob.core.windows.net/focalnet/release/"
 HF = "https://huggingface.co/"
 
 TASKS = ("imagenet-1k", "imagenet-22k", "mask_rcnn", "cascade_mask_rcnn", "atss", "sparse_rcnn", "upernet", "dino")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """The structure of a released FocalNet variant (the official configs; DESIGN.md's variant table). ``large``:
+    the IN-22K L/XL/H models' conv embedding, post-LN and layerscale. ``normalize_modulator``: the official value,
+    None where the sources disagree (XL-FL4: the official yaml says off, FocalNet-DINO on). ``window``: the
+    classification focal window (T/S/B's dense-prediction configs widen it to 9)."""
+
+    embed_dim: int
+    depths: tuple
+    focal_levels: int
+    large: bool
+    postln_in_modulation: bool
+    normalize_modulator: Optional[bool]
+    window: int
+
+    def focalnet(self, windows=None):
+        """Its ``MODEL.FOCALNET`` values, with focal ``windows`` (default: the classification window); a disputed
+        ``NORMALIZE_MODULATOR`` takes the official yaml's False."""
+        return _net(self.embed_dim, self.depths, self.focal_levels, self.window if windows is None else windows,
+                    large=self.large, normalize_modulator=bool(self.normalize_modulator),
+                    postln_in_modulation=self.postln_in_modulation)
+
+
+_T, _SB = (2, 2, 6, 2), (2, 2, 18, 2)
+# the twelve released hierarchical variants: stated here only (inspect.py and the zoo below read them)
+VARIANTS = {
+    "FocalNet-T SRF": Variant(96, _T, 2, False, False, False, 3),
+    "FocalNet-T LRF": Variant(96, _T, 3, False, False, False, 3),
+    "FocalNet-S SRF": Variant(96, _SB, 2, False, False, False, 3),
+    "FocalNet-S LRF": Variant(96, _SB, 3, False, False, False, 3),
+    "FocalNet-B SRF": Variant(128, _SB, 2, False, False, False, 3),
+    "FocalNet-B LRF": Variant(128, _SB, 3, False, False, False, 3),
+    "FocalNet-L FL3": Variant(192, _SB, 3, True, False, False, 5),
+    "FocalNet-L FL4": Variant(192, _SB, 4, True, False, True, 3),
+    "FocalNet-XL FL3": Variant(256, _SB, 3, True, False, False, 5),
+    "FocalNet-XL FL4": Variant(256, _SB, 4, True, False, None, 3),  # yaml False, FocalNet-DINO True
+    "FocalNet-H FL3": Variant(352, _SB, 3, True, True, False, 3),
+    "FocalNet-H FL4": Variant(352, _SB, 4, True, True, False, 3),
+}
 
 
 @dataclass(frozen=True)
@@ -67,8 +108,13 @@ def _entry(file, task, variant, focalnet, published, params_m, gflops, config=No
                     unsupported, sha256)
 
 
-_SIZES = {"tiny": ("T", 96, (2, 2, 6, 2)), "small": ("S", 96, (2, 2, 18, 2)), "base": ("B", 128, (2, 2, 18, 2))}
-_RF = {"srf": 2, "lrf": 3}  # small / large receptive field: focal levels
+_SIZES = {"tiny": "T", "small": "S", "base": "B"}
+
+
+def _tsb(size, rf):
+    """The variant name and structure of a T/S/B file (``size`` tiny/small/base, ``rf`` srf/lrf)."""
+    name = f"FocalNet-{_SIZES[size]} {rf.upper()}"
+    return name, VARIANTS[name]
 
 
 def _imagenet_1k():
@@ -79,11 +125,11 @@ def _imagenet_1k():
     }
     # the transformers conversions (microsoft/focalnet-*, April 2023) call SRF plain "tiny", "small", "base"
     for (size, rf), (top1, params, gflops) in numbers.items():
-        letter, dim, depths = _SIZES[size]
+        variant, structure = _tsb(size, rf)
         hf = f"microsoft/focalnet-{size}" + ("-lrf" if rf == "lrf" else "")
         yield _entry(
-            f"focalnet_{size}_{rf}.pth", "imagenet-1k", f"FocalNet-{letter} {rf.upper()}",
-            _net(dim, depths, _RF[rf], 3), f"top-1 {top1}", params, gflops,
+            f"focalnet_{size}_{rf}.pth", "imagenet-1k", variant,
+            structure.focalnet(), f"top-1 {top1}", params, gflops,
             config=f"COCO-InstanceSegmentation/mask_rcnn_focalnet_{size}_{rf}_1x.yaml",
             live=(GITHUB + f"focalnet_{size}_{rf}.pth", HF + hf, HF + f"timm/focalnet_{size}_{rf}.ms_in1k"),
             blob="classification")
@@ -96,7 +142,7 @@ def _imagenet_1k():
         base = size == "base"  # the official focalnet_base_iso turns on post-LN and layerscale
         live = (HF + f"spaces/jw2yang/focalnet-modulators/resolve/main/{file}",) if base else ()
         yield _entry(
-            file, "imagenet-1k", f"FocalNet-{_SIZES[size][0]} isotropic",
+            file, "imagenet-1k", f"FocalNet-{_SIZES[size]} isotropic",
             _net(dim, (12,), 3, 3, postln=base, layerscale=base), f"top-1 {top1}", params, gflops,
             unsupported=isotropic, live=live, blob="classification",
             # the author's copy in his Hugging Face space (Git LFS pointer, 349107129 bytes)
@@ -104,26 +150,22 @@ def _imagenet_1k():
 
 
 def _imagenet_22k():
-    rows = (  # file, variant, timm name, embed dim, levels, window; README params (M, with a 1000-class head)
-        ("focalnet_large_lrf_384.pth", "FocalNet-L FL3", "large_fl3", 192, 3, 5, 207),
-        ("focalnet_large_lrf_384_fl4.pth", "FocalNet-L FL4", "large_fl4", 192, 4, 3, 207),
-        ("focalnet_xlarge_lrf_384.pth", "FocalNet-XL FL3", "xlarge_fl3", 256, 3, 5, 366),
-        ("focalnet_xlarge_lrf_384_fl4.pth", "FocalNet-XL FL4", "xlarge_fl4", 256, 4, 3, 366),
-        ("focalnet_huge_lrf_224.pth", "FocalNet-H FL3", "huge_fl3", 352, 3, 3, 687),
-        ("focalnet_huge_lrf_224_fl4.pth", "FocalNet-H FL4", "huge_fl4", 352, 4, 3, 689),
+    rows = (  # file, variant, timm name; README params (M, with a 1000-class head)
+        ("focalnet_large_lrf_384.pth", "FocalNet-L FL3", "large_fl3", 207),
+        ("focalnet_large_lrf_384_fl4.pth", "FocalNet-L FL4", "large_fl4", 207),
+        ("focalnet_xlarge_lrf_384.pth", "FocalNet-XL FL3", "xlarge_fl3", 366),
+        ("focalnet_xlarge_lrf_384_fl4.pth", "FocalNet-XL FL4", "xlarge_fl4", 366),
+        ("focalnet_huge_lrf_224.pth", "FocalNet-H FL3", "huge_fl3", 687),
+        ("focalnet_huge_lrf_224_fl4.pth", "FocalNet-H FL4", "huge_fl4", 689),
     )
     own_hf = {  # the author's own uploads to Hugging Face (June 2023); H was never moved off the Azure storage
         "large_fl3": (HF + "microsoft/focalnet-large-lrf-fl3",),
         "large_fl4": (HF + "microsoft/focalnet-large-lrf-fl4/resolve/main/focalnet_large_lrf_384_fl4.pth",),
     }
-    for file, variant, name, dim, levels, window, params in rows:
-        huge = name.startswith("huge")
-        # the official focalnet_large_fl4.yaml normalises the modulator; XL-FL4 follows its own yaml (off, disputed)
-        net = _net(dim, (2, 2, 18, 2), levels, window, large=True, normalize_modulator=name == "large_fl4",
-                   postln_in_modulation=huge)
-        github = () if huge else (GITHUB + file,)
+    for file, variant, name, params in rows:
+        github = () if name.startswith("huge") else (GITHUB + file,)
         yield _entry(
-            file, "imagenet-22k", variant, net, "no accuracy published", params, None,
+            file, "imagenet-22k", variant, VARIANTS[variant].focalnet(), "no accuracy published", params, None,
             config=f"COCO-InstanceSegmentation/mask_rcnn_focalnet_{name}_3x.yaml",
             live=github + own_hf.get(name, ()) + (HF + f"timm/focalnet_{name}.ms_in22k",), blob="classification")
 
@@ -138,16 +180,16 @@ def _mask_rcnn():
         ("base", "lrf"): ((49.0, 43.5), (49.8, 44.1), 111.4, 507),
     }
     for (size, rf), (one, three, params, gflops) in numbers.items():
-        letter, dim, depths = _SIZES[size]
+        variant, structure = _tsb(size, rf)
         for schedule, (box, mask) in (("1x", one), ("3x", three)):
             yield _entry(
-                f"focalnet_{size}_{rf}_maskrcnn_{schedule}.pth", "mask_rcnn", f"FocalNet-{letter} {rf.upper()}",
-                _net(dim, depths, _RF[rf], 9), f"box {box} / mask {mask}", params, gflops,
+                f"focalnet_{size}_{rf}_maskrcnn_{schedule}.pth", "mask_rcnn", variant,
+                structure.focalnet(9), f"box {box} / mask {mask}", params, gflops,
                 config=f"COCO-InstanceSegmentation/mask_rcnn_focalnet_{size}_{rf}_{schedule}.yaml", blob="detection")
 
 
 def _other_detectors():
-    tiny_lrf = _net(96, (2, 2, 6, 2), 3, (11, 9, 9, 7))
+    tiny_lrf = VARIANTS["FocalNet-T LRF"].focalnet((11, 9, 9, 7))
     yield _entry("focalnet_tiny_lrf_cascade_maskrcnn_3x.pth", "cascade_mask_rcnn", "FocalNet-T LRF", tiny_lrf,
                  "box 51.5 (no mask AP published)", 87.1, 751,
                  config="COCO-InstanceSegmentation/cascade_mask_rcnn_focalnet_tiny_lrf_3x.yaml", blob="detection")
@@ -167,15 +209,15 @@ def _upernet():
         ("base", "srf"): (50.2, 51.1, 124, 1180), ("base", "lrf"): (50.5, 51.4, 126, 1192),
     }
     for (size, rf), (miou, ms, params, gflops) in numbers.items():
-        letter, dim, depths = _SIZES[size]
+        variant, structure = _tsb(size, rf)
         yield _entry(
-            f"focalnet_{size}_{rf}_upernet_160k.pth", "upernet", f"FocalNet-{letter} {rf.upper()}",
-            _net(dim, depths, _RF[rf], 9), f"mIoU {miou} (MS {ms})", params, gflops,
+            f"focalnet_{size}_{rf}_upernet_160k.pth", "upernet", variant,
+            structure.focalnet(9), f"mIoU {miou} (MS {ms})", params, gflops,
             config=f"ADE20K-SemanticSegmentation/upernet_focalnet_{size}_{rf}_160k.yaml", blob="segmentation")
 
 
 def _dino():
-    large_fl4 = _net(192, (2, 2, 18, 2), 4, 3, large=True, normalize_modulator=True)
+    large_fl4 = VARIANTS["FocalNet-L FL4"].focalnet()
     yield _entry("focalnet_large_fl4_pretrained_on_o365.pth", "dino", "FocalNet-L FL4, DINO 5-scale", large_fl4,
                  "Objects365 pre-training (no number published)", None, None,
                  config="COCO-Detection/dino_focalnet_large_fl4_5scale_objects365.yaml",

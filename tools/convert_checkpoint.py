@@ -10,31 +10,16 @@ import pickle
 import sys
 import warnings
 
-import torch
-
 # fvcore (imported by Detectron2) calls the deprecated torch.jit.script at import: keep stderr for errors
 warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
 
-from focalnet_det.checkpoint import (  # noqa: E402
-    adapt_focal_kernels,
-    config_target_shapes,
-    describe_keys,
-    detect_format,
-    find_state_dict,
-    read_checkpoint,
-    to_official_backbone,
-)
-from focalnet_det.checkpoint.mmseg import is_mmseg_upernet, mmseg_upernet_to_detectron2  # noqa: E402
-from focalnet_det.checkpoint.dino import is_official_dino, official_dino_to_detectron2  # noqa: E402
-from focalnet_det.checkpoint.mmdet import (  # noqa: E402
-    is_mmdet_detector,
-    is_mmdet_rcnn,
-    log_mmdet_meta,
-    mmdet_rcnn_to_detectron2,
-)
+import torch  # noqa: E402
+
+from focalnet_det.checkpoint import WHOLE_MODELS, convert_checkpoint  # noqa: E402
 from focalnet_det.checkpoint.download import download, is_url  # noqa: E402
 from focalnet_det.checkpoint.inspect import format_report, inspect_checkpoint  # noqa: E402
 from focalnet_det.errors import UserError  # noqa: E402
+from focalnet_det.fileio import atomic_open, atomic_path  # noqa: E402
 
 logger = logging.getLogger("convert_checkpoint")
 
@@ -64,8 +49,13 @@ Input formats, detected from the keys (not from the file name):
                the backbone part is kept
 
 Output: {"model": {PREFIX + key: tensor}, "__author__": "focalnet_det", "matching_heuristics": False},
-saved with torch.save (with pickle for a .pkl OUT). The backbone's output norms norm0..3 are
-not in classification weights and start fresh in the model.
+saved with torch.save (a .pkl OUT: pickled numpy arrays, as in Detectron2's model zoo), under a temporary
+name renamed when complete. The backbone's output norms norm0..3 are not in classification weights and
+start fresh in the model.
+
+Reading runs nothing from IN: tensors, numbers, strings, containers, argparse.Namespace and numpy values are
+read; entries of other classes are left unread; a file that would have to call a function is refused (exit
+2). Only a file named in $FOCALNET_DET_TRUSTED_FILES is unpickled fully.
 
 Focal kernels keep the checkpoint's sizes unless --focal-windows/--focal-levels are given (the loader
 adapts them to the model at load time anyway): smaller kernels are zero-padded about the centre (which
@@ -103,40 +93,7 @@ def get_parser():
     return parser
 
 
-def convert(input_path, focal_windows=None, focal_levels=None):
-    """Read ``input_path`` and return ``(official-layout backbone state dict, detected format)``; for a released
-    mmseg UPerNet or mmdet (Cascade) Mask R-CNN ``(the whole model's state dict under this project's keys,
-    "mmseg-upernet" / "mmdet-rcnn")``."""
-    loaded = read_checkpoint(input_path)
-    state_dict, wrapper = find_state_dict(loaded)
-    if state_dict is None:
-        raise UserError(f"no state dict found in {input_path}")
-    fmt = detect_format(state_dict, wrapper)
-    if is_official_dino(state_dict):  # the whole model, under this project's DINO keys
-        if focal_windows or focal_levels:
-            raise UserError("--focal-windows/--focal-levels apply to backbones, not to a whole DINO checkpoint")
-        return official_dino_to_detectron2(state_dict), "dino"
-    if fmt == "unknown":
-        raise UserError(f"{input_path} is not a FocalNet checkpoint; its keys: {describe_keys(state_dict)}")
-    if fmt == "mm" and is_mmseg_upernet(state_dict):  # the whole model, under this project's keys
-        if focal_windows or focal_levels:
-            raise UserError("--focal-windows/--focal-levels apply to backbones, not to a whole mmseg UPerNet checkpoint")
-        return mmseg_upernet_to_detectron2(state_dict), "mmseg-upernet"
-    if fmt == "mm" and is_mmdet_rcnn(state_dict):  # the whole model, under this project's keys
-        if focal_windows or focal_levels:
-            raise UserError("--focal-windows/--focal-levels apply to backbones, not to a whole mmdet R-CNN checkpoint")
-        log_mmdet_meta(loaded, input_path)
-        return mmdet_rcnn_to_detectron2(state_dict, input_path), "mmdet-rcnn"
-    if fmt == "mm" and is_mmdet_detector(state_dict):
-        logger.info(f"{input_path}: an mmdet detector without an R-CNN head (e.g. ATSS, Sparse R-CNN): only its "
-                    f"backbone is converted")
-    try:
-        backbone = to_official_backbone(state_dict, fmt)
-    except UserError as e:
-        raise UserError(f"{input_path}: {e}") from None
-    if focal_windows or focal_levels:
-        backbone = adapt_focal_kernels(backbone, config_target_shapes(backbone, focal_windows, focal_levels))
-    return backbone, fmt
+convert = convert_checkpoint  # the package's pipeline: read safely, recognise, map, adapt
 
 
 def main(argv=None):
@@ -164,16 +121,18 @@ def run(args):
             print(format_report(inspect_checkpoint(download(args.inspect) if is_url(args.inspect) else args.inspect)))
             return 0
         source = download(args.input) if is_url(args.input) else args.input
-        backbone, fmt = convert(source, args.focal_windows, args.focal_levels)
-        prefix = "" if fmt in ("mmseg-upernet", "dino", "mmdet-rcnn") else args.prefix
+        backbone, fmt = convert_checkpoint(source, args.focal_windows, args.focal_levels)
+        prefix = "" if fmt in WHOLE_MODELS else args.prefix
         model = {prefix + k: v.contiguous() for k, v in backbone.items()}
         out = {"model": model, "__author__": "focalnet_det", "matching_heuristics": False}
-        try:
-            if args.output.endswith(".pkl"):
-                with open(args.output, "wb") as f:
+        try:  # written under a temporary name, renamed when complete
+            if args.output.endswith(".pkl"):  # Detectron2's model-zoo form: numpy arrays, which read back safely
+                out["model"] = {k: v.numpy() for k, v in model.items()}
+                with atomic_open(args.output, "wb") as f:
                     pickle.dump(out, f)
             else:
-                torch.save(out, args.output)
+                with atomic_path(args.output) as tmp:
+                    torch.save(out, tmp)
         except OSError as e:
             raise UserError(f"cannot write {args.output}: {e.strerror or e}") from None
     except UserError as e:

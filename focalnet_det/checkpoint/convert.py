@@ -1,4 +1,6 @@
-"""Reading FocalNet checkpoints of any known layout and converting them to the official backbone keys.
+"""Recognising a checkpoint's layout and mapping it to the model's keys: the second and third steps of loading
+(``reading.py`` reads the file safely before; ``adapt.py`` fits the focal kernels after; ``FocalNetCheckpointer``
+loads). ``convert_checkpoint`` runs the steps for ``tools/convert_checkpoint.py``.
 
 Layouts (``detect_format`` tells them apart by their keys, not by file names):
 
@@ -14,11 +16,12 @@ Layouts (``detect_format`` tells them apart by their keys, not by file names):
   passed through unchanged.
 - ``unknown``: a bare state dict of something else (e.g. a ResNet).
 
+``recognise`` tells apart, beside those, the released whole models converted whole (``WHOLE_MODELS``): an official
+DINO (``dino.py``), an mmseg UPerNet (``mmseg.py``) and an mmdet (Cascade) Mask R-CNN (``mmdet.py``).
+
 "Official backbone layout" means plain official key names with no prefix (``patch_embed.proj.weight``...).
 """
 import logging
-import os
-import pickle
 import re
 from collections.abc import Mapping
 
@@ -26,15 +29,24 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .huggingface import huggingface_to_official, is_huggingface, read_huggingface_folder
+from .adapt import adapt_focal_kernels, config_target_shapes
+from .dino import is_official_dino, official_dino_to_detectron2
+from .huggingface import huggingface_to_official, is_huggingface
+from .mmdet import is_mmdet_detector, is_mmdet_rcnn, log_mmdet_meta, mmdet_rcnn_to_detectron2
+from .mmseg import is_mmseg_upernet, mmseg_upernet_to_detectron2
+from .reading import describe_keys, read_checkpoint
 
 __all__ = [
     "FORMATS",
+    "WHOLE_MODELS",
     "read_checkpoint",
     "find_state_dict",
     "detect_format",
+    "recognise",
     "timm_to_official",
     "to_official_backbone",
+    "whole_model_to_detectron2",
+    "convert_checkpoint",
     "focalnet_prefix_in",
     "describe_keys",
 ]
@@ -42,55 +54,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMATS = ("official", "timm", "huggingface", "mm", "detectron2", "unknown")
+WHOLE_MODELS = ("dino", "mmseg-upernet", "mmdet-rcnn")
 _STEM = "patch_embed.proj.weight"  # present in every official-layout FocalNet state dict
 _WRAPPERS = ("model", "state_dict", "teacher", "module")
-
-
-def describe_keys(keys, n=5):
-    """``'a, b, c, ... (N keys)'``: the first few keys and the count, for error messages."""
-    keys = list(keys)
-    head = ", ".join(keys[:n])
-    return f"{head}{', ...' if len(keys) > n else ''} ({len(keys)} keys)"
-
-
-def torch_load(path):
-    """``torch.load`` on CPU; tensors-only first, full unpickling (with a warning) for files that need it.
-
-    Released checkpoints may carry a training config or an argparse Namespace beside the weights, which
-    the weights-only unpickler refuses.
-    """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        logger.warning(f"{path} holds more than tensors; unpickling it fully (only do this for trusted files)")
-        return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def read_checkpoint(path):
-    """Read a local checkpoint file: ``.safetensors``, Detectron2 ``.pkl`` or anything ``torch.load`` reads; or a
-    Hugging Face model folder.
-
-    Raises UserError if the file is missing or cannot be read.
-    """
-    if os.path.isdir(path) or path.endswith(".index.json"):  # a Hugging Face model folder or shard index
-        return read_huggingface_folder(path)
-    if not os.path.isfile(path):
-        raise UserError(f"weights file not found: {path}")
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            return load_file(path, device="cpu")
-        if path.endswith(".pkl"):
-            with open(path, "rb") as f:
-                return pickle.load(f, encoding="latin1")
-        return torch_load(path)
-    except Exception as e:
-        raise UserError(f"cannot read weights file {path}: {type(e).__name__}: {first_line(e)}") from e
-
-
-def first_line(e):
-    return (str(e).strip().splitlines() or [""])[0][:200]
 
 
 def _is_state_dict(obj):
@@ -141,6 +107,30 @@ def detect_format(state_dict, wrapper=None):
     return "unknown"
 
 
+def recognise(state_dict, wrapper=None):
+    """The layout of an unwrapped state dict: one of ``WHOLE_MODELS`` for a released whole model, else
+    ``detect_format``'s answer (``mm`` is then a detector or segmentor of which only the backbone is used)."""
+    if is_official_dino(state_dict):
+        return "dino"
+    fmt = detect_format(state_dict, wrapper)
+    if fmt == "mm" and is_mmseg_upernet(state_dict):
+        return "mmseg-upernet"
+    if fmt == "mm" and is_mmdet_rcnn(state_dict):
+        return "mmdet-rcnn"
+    return fmt
+
+
+def whole_model_to_detectron2(state_dict, layout, source="checkpoint"):
+    """Rename a released whole model (``layout`` in ``WHOLE_MODELS``) to this project's keys."""
+    if layout == "dino":
+        return official_dino_to_detectron2(state_dict)
+    if layout == "mmseg-upernet":
+        return mmseg_upernet_to_detectron2(state_dict)
+    if layout == "mmdet-rcnn":
+        return mmdet_rcnn_to_detectron2(state_dict, source)
+    raise ValueError(f"not a whole-model layout: {layout}")
+
+
 def focalnet_prefix_in(state_dict):
     """The prefix under which a state dict holds an official-layout FocalNet (``""``, ``"backbone."``,
     ``"backbone.bottom_up."`` ...), or None; the shortest if there are several."""
@@ -180,10 +170,11 @@ def timm_to_official(state_dict):
 
 
 def to_official_backbone(state_dict, fmt):
-    """Convert an unwrapped state dict of layout ``fmt`` (not ``unknown``) to the official backbone layout.
+    """Convert an unwrapped state dict of layout ``fmt`` (``recognise``'s answers but ``unknown``) to the official
+    backbone layout.
 
-    For ``detectron2`` and ``mm`` the FocalNet part is taken from wherever it sits (e.g. ``backbone.`` or
-    ``backbone.bottom_up.``); the rest (heads, FPN) is dropped.
+    For ``detectron2``, ``mm`` and the whole models the FocalNet part is taken from wherever it sits (e.g.
+    ``backbone.``, ``backbone.0.`` or ``backbone.bottom_up.``); the rest (heads, FPN) is dropped.
     """
     if fmt == "timm":
         return timm_to_official(state_dict)
@@ -192,6 +183,37 @@ def to_official_backbone(state_dict, fmt):
     if fmt == "official":
         return {k: v for k, v in state_dict.items() if not k.startswith(("head.", "norm."))}
     prefix = focalnet_prefix_in(state_dict)
-    if fmt not in ("mm", "detectron2") or prefix is None:
+    if fmt not in ("mm", "detectron2", *WHOLE_MODELS) or prefix is None:
         raise UserError(f"no FocalNet backbone found in the checkpoint; its keys: {describe_keys(state_dict)}")
     return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def convert_checkpoint(path, focal_windows=None, focal_levels=None):
+    """Read the local file or Hugging Face folder ``path`` and return ``(state dict, layout)``: the official-layout
+    backbone and ``detect_format``'s answer, or for a released whole model (``WHOLE_MODELS``) the whole model under
+    this project's keys. ``focal_windows`` / ``focal_levels`` adapt a backbone's focal kernels
+    (``adapt.config_target_shapes``)."""
+    loaded = read_checkpoint(path)
+    state_dict, wrapper = find_state_dict(loaded)
+    if state_dict is None:
+        raise UserError(f"no state dict found in {path}")
+    layout = recognise(state_dict, wrapper)
+    if layout in WHOLE_MODELS:
+        if focal_windows or focal_levels:
+            what = {"dino": "DINO", "mmseg-upernet": "mmseg UPerNet", "mmdet-rcnn": "mmdet R-CNN"}[layout]
+            raise UserError(f"--focal-windows/--focal-levels apply to backbones, not to a whole {what} checkpoint")
+        if layout == "mmdet-rcnn":
+            log_mmdet_meta(loaded, path)
+        return whole_model_to_detectron2(state_dict, layout, path), layout
+    if layout == "unknown":
+        raise UserError(f"{path} is not a FocalNet checkpoint; its keys: {describe_keys(state_dict)}")
+    if layout == "mm" and is_mmdet_detector(state_dict):
+        logger.info(f"{path}: an mmdet detector without an R-CNN head (e.g. ATSS, Sparse R-CNN): only its "
+                    f"backbone is converted")
+    try:
+        backbone = to_official_backbone(state_dict, layout)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    if focal_windows or focal_levels:
+        backbone = adapt_focal_kernels(backbone, config_target_shapes(backbone, focal_windows, focal_levels))
+    return backbone, layout

@@ -7,28 +7,30 @@ from urllib.parse import urlparse
 from detectron2.checkpoint import DetectionCheckpointer
 
 from ..errors import UserError
+from ..fileio import atomic_open
 from ..modeling.backbone.focalnet import FocalNet
 from .adapt import adapt_focal_kernels, new_focal_level_keys
 from .class_heads import fit_class_heads  # issue 19's hook in _load_model
-from .huggingface import huggingface_weights_file, read_huggingface_folder, warn_hf_config_mismatch
-from .download import download, is_url
-from .inspect import check_backbone_structure, stated_focalnet_config
-from .mmseg import is_mmseg_upernet, mmseg_upernet_to_detectron2
-from .dino import fit_dino_state_dict, is_official_dino, official_dino_to_detectron2
-from .mmdet import (
-    fit_mmdet_rcnn_state_dict,
-    is_mmdet_detector,
-    is_mmdet_rcnn,
-    log_mmdet_meta,
-    mmdet_rcnn_to_detectron2,
-)
 from .convert import (
-    describe_keys,
+    WHOLE_MODELS,
     detect_format,
     find_state_dict,
-    first_line,
     focalnet_prefix_in,
+    recognise,
     to_official_backbone,
+    whole_model_to_detectron2,
+)
+from .dino import fit_dino_state_dict
+from .download import download, is_url
+from .huggingface import warn_hf_config_mismatch
+from .inspect import check_backbone_structure, model_focalnet_config, stated_focalnet_config
+from .mmdet import fit_mmdet_rcnn_state_dict, is_mmdet_detector, log_mmdet_meta
+from .reading import (
+    describe_keys,
+    first_line,
+    huggingface_weights_file,
+    load_pickle,
+    read_huggingface_folder,
     torch_load,
 )
 
@@ -50,27 +52,6 @@ def focalnet_prefix(model):
     return None
 
 
-class _AtomicFile:
-    """A file opened for writing under a temporary name; renamed to its own name when closed complete."""
-
-    def __init__(self, path, mode, **kwargs):
-        self.path, self.tmp = path, f"{path}.tmp{os.getpid()}"
-        self.file = open(self.tmp, mode, **kwargs)
-
-    def __enter__(self):
-        return self.file
-
-    def __exit__(self, exc_type, *exc):
-        if exc_type is None:
-            self.file.flush()
-            os.fsync(self.file.fileno())
-        self.file.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            os.remove(self.tmp)
-
-
 class _AtomicWrites:
     """A path manager whose local files opened for writing appear only once written completely: a process
     killed while saving leaves the previous checkpoint (and ``last_checkpoint``) as they were."""
@@ -83,7 +64,7 @@ class _AtomicWrites:
 
     def open(self, path, mode="r", **kwargs):
         if "w" in mode and "://" not in path:
-            return _AtomicFile(path, mode, **kwargs)
+            return atomic_open(path, mode, **kwargs)
         return self._inner.open(path, mode, **kwargs)
 
 
@@ -141,18 +122,38 @@ class FocalNetCheckpointer(DetectionCheckpointer):
     def _torch_load(self, f):
         return torch_load(f)
 
+    def _read(self, filename):
+        """The file as Detectron2's ``_load_file`` returns it (``{"model": ..., ...}``), read without running
+        anything from it (``reading.py``): Detectron2's own ``.pkl`` / ``.pyth`` branches unpickle fully."""
+        if filename.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return {"model": load_file(filename, device="cpu")}
+        if filename.endswith(".index.json"):  # a sharded Hugging Face model
+            return {"model": read_huggingface_folder(filename)}
+        if filename.endswith(".pkl"):  # Detectron2 / Caffe2 model zoo, wrapped as Detectron2 does
+            data = load_pickle(filename)
+            if not isinstance(data, dict):
+                raise UserError(f"no state dict found in {filename}; it holds a {type(data).__name__}")
+            if "model" in data and "__author__" in data:
+                return data
+            data = data.get("blobs", data)
+            data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+            return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+        if filename.endswith(".pyth"):  # pycls
+            data = torch_load(filename)
+            if not isinstance(data, dict) or "model_state" not in data:
+                raise UserError(f"cannot load {filename}: a pycls .pyth checkpoint holds model_state")
+            model_state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+            return {"model": model_state, "__author__": "pycls", "matching_heuristics": True}
+        return super()._load_file(filename)  # torch files, through _torch_load
+
     def _load_file(self, filename):
-        """Read any supported file, then convert non-Detectron2 layouts to the official backbone layout."""
+        """Read any supported file, recognise its layout and map it to the model's keys: whole released models
+        renamed whole, other non-Detectron2 layouts converted to the official backbone layout."""
         self._loading_file = filename
         try:
-            if filename.endswith(".safetensors"):
-                from safetensors.torch import load_file
-
-                loaded = {"model": load_file(filename, device="cpu")}
-            elif filename.endswith(".index.json"):  # a sharded Hugging Face model
-                loaded = {"model": read_huggingface_folder(filename)}
-            else:
-                loaded = super()._load_file(filename)
+            loaded = self._read(filename)
         except UserError:
             raise
         except Exception as e:
@@ -162,22 +163,25 @@ class FocalNetCheckpointer(DetectionCheckpointer):
         if state_dict is None:
             top = loaded["model"] if isinstance(loaded["model"], dict) else loaded
             raise UserError(f"no state dict found in {filename}; top-level keys: {describe_keys(top)}")
-        fmt = detect_format(state_dict, wrapper)
+        layout = recognise(state_dict, wrapper)
+        fmt = detect_format(state_dict, wrapper) if layout in WHOLE_MODELS else layout
         self._stated = stated_focalnet_config(state_dict, fmt)  # what official weights cannot show (timm's post-LN)
         if fmt == "huggingface":  # config.json beside it shows the flags the weights cannot
-            warn_hf_config_mismatch(filename, next((m for m in self.model.modules() if isinstance(m, FocalNet)), None))
-        if is_official_dino(state_dict) and hasattr(self.model, "transformer") and hasattr(self.model, "label_enc"):
+            net = next((m for m in self.model.modules() if isinstance(m, FocalNet)), None)
+            warn_hf_config_mismatch(filename, model_focalnet_config(net) if net is not None else None)
+        if layout == "dino" and hasattr(self.model, "transformer") and hasattr(self.model, "label_enc"):
             logger.info(f"checkpoint {filename}: official DINO layout, renamed to this project's DINO keys")
-            return {"model": official_dino_to_detectron2(state_dict), "__focalnet_format__": "dino"}
-        if fmt == "mm" and is_mmseg_upernet(state_dict):  # a released UPerNet: the whole model, renamed
+            return {"model": whole_model_to_detectron2(state_dict, layout), "__focalnet_format__": "dino"}
+        if layout == "mmseg-upernet":  # a released UPerNet: the whole model, renamed
             logger.info(f"FocalNet checkpoint {filename}: mmseg UPerNet, renamed to this project's UPerNet keys")
-            state_dict, fmt = mmseg_upernet_to_detectron2(state_dict), "detectron2"
+            state_dict, fmt = whole_model_to_detectron2(state_dict, layout), "detectron2"
         if fmt == "mm" and is_mmdet_detector(state_dict):
-            rcnn = is_mmdet_rcnn(state_dict)
+            rcnn = layout == "mmdet-rcnn"
             if rcnn and hasattr(self.model, "roi_heads"):  # a released (Cascade) Mask R-CNN: whole, strictly
                 logger.info(f"FocalNet checkpoint {filename}: mmdet R-CNN, renamed to this project's keys")
                 log_mmdet_meta(loaded, filename)
-                return {"model": mmdet_rcnn_to_detectron2(state_dict, filename), "__focalnet_format__": "mmdet-rcnn"}
+                return {"model": whole_model_to_detectron2(state_dict, layout, filename),
+                        "__focalnet_format__": "mmdet-rcnn"}
             why = "the model has no R-CNN heads" if rcnn else "its heads are not an R-CNN's (e.g. ATSS, Sparse R-CNN)"
             logger.info(f"FocalNet checkpoint {filename}: mmdet detector; only its backbone is loaded ({why})")
         if fmt in ("detectron2", "unknown"):  # Detectron2's own loading; non-FocalNet keys fail in _load_model

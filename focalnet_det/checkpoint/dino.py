@@ -22,7 +22,7 @@ import re
 import torch
 
 from ..errors import UserError
-from .convert import describe_keys
+from .reading import describe_keys
 
 __all__ = ["is_official_dino", "official_dino_to_detectron2", "fit_dino_state_dict", "CLASS_DEPENDENT_KEYS"]
 

@@ -22,6 +22,7 @@ import os
 import re
 
 from ..errors import UserError
+from .reading import WEIGHT_FILES, huggingface_weights_file, read_huggingface_folder  # noqa: F401 (re-exported)
 
 __all__ = [
     "is_huggingface",
@@ -35,13 +36,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _STEM = "embeddings.patch_embeddings.projection.weight"
-# what a folder may hold, in order of preference (single files first, then shard indexes)
-WEIGHT_FILES = (
-    "model.safetensors",
-    "pytorch_model.bin",
-    "model.safetensors.index.json",
-    "pytorch_model.bin.index.json",
-)
 
 _WB = r"(weight|bias)"
 _BLOCK = r"encoder\.stages\.(\d+)\.layers\.(\d+)\."
@@ -124,33 +118,6 @@ def huggingface_to_official(state_dict):
     return out
 
 
-def huggingface_weights_file(folder):
-    """The weights file of a Hugging Face model folder (see ``WEIGHT_FILES``); UserError if it has none."""
-    for name in WEIGHT_FILES:
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            return path
-    raise UserError(f"no weights in folder {folder}: expected one of {', '.join(WEIGHT_FILES)}")
-
-
-def read_huggingface_folder(path):
-    """The state dict of a Hugging Face model folder, or of a shard index (``*.index.json``), shards merged."""
-    from .convert import read_checkpoint  # convert imports this module
-
-    path = huggingface_weights_file(path) if os.path.isdir(path) else path
-    if not path.endswith(".index.json"):
-        return read_checkpoint(path)
-    try:
-        with open(path) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-    except (OSError, ValueError, KeyError, AttributeError) as e:
-        raise UserError(f"cannot read shard index {path}: {type(e).__name__}: {e}") from None
-    state_dict = {}
-    for shard in shards:
-        state_dict.update(read_checkpoint(os.path.join(os.path.dirname(path), shard)))
-    return state_dict
-
-
 def _read_config(path):
     try:
         with open(path) as f:
@@ -175,12 +142,12 @@ def hf_config_to_focalnet(config_json):
     return out
 
 
-def warn_hf_config_mismatch(weights_file, net):
-    """Warn, one line per key, where the ``config.json`` beside ``weights_file`` and the FocalNet ``net`` being
-    loaded disagree. ``normalize_modulator`` and ``use_post_layernorm`` matter most: no weight shows them.
+def warn_hf_config_mismatch(weights_file, model):
+    """Warn, one line per key, where the ``config.json`` beside ``weights_file`` and ``model`` (the FocalNet being
+    loaded, as ``inspect.model_focalnet_config``'s values; None: no FocalNet) disagree. ``normalize_modulator`` and ``use_post_layernorm`` matter most: no weight shows them.
     Focal windows are left out: dense-prediction configs widen them on purpose (the loader pads the kernels)."""
     path = os.path.join(os.path.dirname(weights_file), "config.json")
-    if net is None or not os.path.isfile(path):
+    if model is None or not os.path.isfile(path):
         return
     config = _read_config(path)
     for hf_key, value in _FIXED.items():
@@ -188,9 +155,6 @@ def warn_hf_config_mismatch(weights_file, net):
             logger.warning(f"{path}: {hf_key} = {config[hf_key]}, but this FocalNet always uses {value}")
     hf_names = {key: hf_key for hf_key, (key, _) in _CONFIG_KEYS.items()}
     expected = hf_config_to_focalnet(config)
-    from .inspect import model_focalnet_config  # inspect imports this module
-
-    model = model_focalnet_config(net)
     for key in expected.keys() - {"FOCAL_WINDOWS"}:
         value = model[key]
         if expected[key] != value:

@@ -17,10 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import UserError
-from .convert import describe_keys, detect_format, find_state_dict, read_checkpoint, to_official_backbone
-from .dino import is_official_dino
+from ..model_zoo import VARIANTS
+from .convert import find_state_dict, recognise, to_official_backbone
 from .huggingface import hf_config_to_focalnet
-from .mmseg import is_mmseg_upernet
+from .reading import describe_keys, read_checkpoint
 
 __all__ = [
     "VARIANTS",
@@ -42,22 +42,6 @@ CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 _STEM = "patch_embed.proj.weight"
 _BLOCK = re.compile(r"^layers\.(\d+)\.blocks\.(\d+)\.")
 
-# name: (EMBED_DIM, DEPTHS, focal levels, L/XL/H (conv embed, post-LN, layerscale), post-LN in modulation,
-#        official NORMALIZE_MODULATOR (None: the sources disagree), classification focal window)
-VARIANTS = {
-    "FocalNet-T SRF": (96, (2, 2, 6, 2), 2, False, False, False, 3),
-    "FocalNet-T LRF": (96, (2, 2, 6, 2), 3, False, False, False, 3),
-    "FocalNet-S SRF": (96, (2, 2, 18, 2), 2, False, False, False, 3),
-    "FocalNet-S LRF": (96, (2, 2, 18, 2), 3, False, False, False, 3),
-    "FocalNet-B SRF": (128, (2, 2, 18, 2), 2, False, False, False, 3),
-    "FocalNet-B LRF": (128, (2, 2, 18, 2), 3, False, False, False, 3),
-    "FocalNet-L FL3": (192, (2, 2, 18, 2), 3, True, False, False, 5),
-    "FocalNet-L FL4": (192, (2, 2, 18, 2), 4, True, False, True, 3),
-    "FocalNet-XL FL3": (256, (2, 2, 18, 2), 3, True, False, False, 5),
-    "FocalNet-XL FL4": (256, (2, 2, 18, 2), 4, True, False, None, 3),  # yaml False, FocalNet-DINO True
-    "FocalNet-H FL3": (352, (2, 2, 18, 2), 3, True, True, False, 3),
-    "FocalNet-H FL4": (352, (2, 2, 18, 2), 4, True, True, False, 3),
-}
 # compared by the checkpointer, in this order; focal levels and windows are adapted instead (adapt.py)
 _CHECKED = ("EMBED_DIM", "DEPTHS", "MLP_RATIO", "USE_CONV_EMBED", "USE_LAYERSCALE", "USE_POSTLN_IN_MODULATION",
             "USE_POSTLN", "NORMALIZE_MODULATOR")
@@ -108,20 +92,20 @@ def model_focalnet_config(net):
 def variant_name(config):
     """The released variant (``"FocalNet-T LRF"``...) whose structure ``config`` (``infer_focalnet_config``'s
     keys) has, or None. Focal windows do not count: dense-prediction configs widen T/S/B's 3 to 9."""
-    for name, (dim, depths, levels, large, postln_in_mod, _, _) in VARIANTS.items():
-        if (config.get("EMBED_DIM") == dim and list(config.get("DEPTHS", ())) == list(depths)
-                and list(config.get("FOCAL_LEVELS", ())) == [levels] * len(depths)
-                and config.get("USE_CONV_EMBED") == large and config.get("USE_LAYERSCALE") == large
-                and config.get("USE_POSTLN_IN_MODULATION") == postln_in_mod
-                and config.get("MLP_RATIO") in (None, 4.0) and config.get("USE_POSTLN", large) == large):
+    for name, v in VARIANTS.items():
+        if (config.get("EMBED_DIM") == v.embed_dim and list(config.get("DEPTHS", ())) == list(v.depths)
+                and list(config.get("FOCAL_LEVELS", ())) == [v.focal_levels] * len(v.depths)
+                and config.get("USE_CONV_EMBED") == v.large and config.get("USE_LAYERSCALE") == v.large
+                and config.get("USE_POSTLN_IN_MODULATION") == v.postln_in_modulation
+                and config.get("MLP_RATIO") in (None, 4.0) and config.get("USE_POSTLN", v.large) == v.large):
             return name
     return None
 
 
 def official_flags(variant):
     """The official ``USE_POSTLN`` and ``NORMALIZE_MODULATOR`` of a released variant (None where disputed)."""
-    _, _, _, large, _, normalize, _ = VARIANTS[variant]
-    return {"USE_POSTLN": large, "NORMALIZE_MODULATOR": normalize}
+    v = VARIANTS[variant]
+    return {"USE_POSTLN": v.large, "NORMALIZE_MODULATOR": v.normalize_modulator}
 
 
 def stated_focalnet_config(state_dict, fmt, path=None):
@@ -188,20 +172,9 @@ def check_backbone_structure(state_dict, net, filename="checkpoint", stated=None
 # formats and heads
 
 
-def _strip(prefix):
-    return lambda sd: {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-
-
-# (name, test(state_dict, detect_format's answer), state_dict -> official-layout backbone): first match wins
-_FORMATS = (
-    ("DINO (official)", lambda sd, fmt: is_official_dino(sd), _strip("backbone.0.")),
-    ("mmseg", lambda sd, fmt: fmt == "mm" and is_mmseg_upernet(sd), lambda sd: to_official_backbone(sd, "mm")),
-    ("mmdet", lambda sd, fmt: fmt == "mm", lambda sd: to_official_backbone(sd, "mm")),
-    ("Hugging Face", lambda sd, fmt: fmt == "huggingface", lambda sd: to_official_backbone(sd, "huggingface")),
-    ("timm", lambda sd, fmt: fmt == "timm", lambda sd: to_official_backbone(sd, "timm")),
-    ("official", lambda sd, fmt: fmt == "official", lambda sd: to_official_backbone(sd, "official")),
-    ("Detectron2", lambda sd, fmt: fmt == "detectron2", lambda sd: to_official_backbone(sd, "detectron2")),
-)
+# recognise()'s layouts as the report names them
+_FORMAT_NAMES = {"dino": "DINO (official)", "mmseg-upernet": "mmseg", "mmdet-rcnn": "mmdet", "mm": "mmdet",
+                 "huggingface": "Hugging Face", "timm": "timm", "official": "official", "detectron2": "Detectron2"}
 
 
 def find_heads(state_dict):
@@ -328,17 +301,16 @@ def inspect_checkpoint(path, configs_dir=None):
     if state_dict is None:
         top = describe_keys(loaded) if isinstance(loaded, dict) else type(loaded).__name__
         raise UserError(f"no state dict found in {path}; top level: {top}")
-    fmt = detect_format(state_dict, wrapper)
-    row = next((r for r in _FORMATS if r[1](state_dict, fmt)), None)
-    if row is None:
+    layout = recognise(state_dict, wrapper)
+    if layout not in _FORMAT_NAMES:
         raise UserError(f"{path} is not a FocalNet checkpoint; its keys: {describe_keys(state_dict)}")
-    name, _, to_backbone = row
+    name = _FORMAT_NAMES[layout]
     try:
-        backbone = to_backbone(state_dict)
+        backbone = to_official_backbone(state_dict, layout)
         inferred = infer_focalnet_config(backbone)
     except UserError as e:
         raise UserError(f"{path} ({name}): {e}") from None
-    stated = stated_focalnet_config(state_dict, fmt, path)
+    stated = stated_focalnet_config(state_dict, layout, path)
     variant = variant_name({**inferred, **stated})
     official = {k: v for k, v in official_flags(variant).items() if k not in stated} if variant else {}
     heads, family = find_heads(state_dict)
@@ -366,7 +338,7 @@ def format_report(report):
     lines = [f"file: {report['file']}", f"format: {report['format']}",
              f"variant: {variant or 'not a released FocalNet variant'}"]
     if variant:
-        window = VARIANTS[variant][-1]
+        window = VARIANTS[variant].window
         if any(w is not None and w != window for w in inferred["FOCAL_WINDOWS"]):
             lines[-1] += f" (classification focal window {window}, widened here)"
     lines.append("MODEL.FOCALNET, from the weights:")

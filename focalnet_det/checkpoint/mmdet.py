@@ -16,7 +16,7 @@ import logging
 import re
 
 from ..errors import UserError
-from .convert import describe_keys
+from .reading import describe_keys
 
 __all__ = [
     "is_mmdet_detector",

@@ -8,7 +8,7 @@ conversion is a renaming of the three prefixes.
 """
 import logging
 
-from .convert import describe_keys
+from .reading import describe_keys
 
 __all__ = ["MMSEG_UPERNET_RENAMES", "is_mmseg_upernet", "mmseg_upernet_to_detectron2"]
 
