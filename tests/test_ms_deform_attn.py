@@ -97,6 +97,12 @@ def test_module_with_padding_mask_equals_plain_path(kernel, refs):
     assert relative(got, want) < 1e-5
 
 
+def test_levels_outside_value_are_refused(kernel):
+    value, sh, starts, loc, attn = inputs(LAYOUTS["mask2former"], n=1)
+    with pytest.raises(RuntimeError, match="level 2 .* lies outside value"):
+        ms_deform_attn(value, sh, starts + 2, loc, attn)
+
+
 def test_gradcheck_float64(kernel):
     value, sh, starts, loc, attn = inputs([(3, 4), (2, 3)], n=1, heads=2, d=3, lq=3, points=2, dtype=torch.float64)
     loc = loc * 0.8 + 0.1  # inside the maps; bilinear sampling is smooth except on pixel centres (almost never hit)

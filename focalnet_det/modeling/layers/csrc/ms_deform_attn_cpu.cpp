@@ -59,6 +59,13 @@ void check(const torch::Tensor& value, const torch::Tensor& shapes, const torch:
   TORCH_CHECK(shapes.scalar_type() == torch::kLong && starts.scalar_type() == torch::kLong, "int64 shapes expected");
   TORCH_CHECK(shapes.size(0) == loc.size(3) && starts.size(0) == loc.size(3), "levels disagree");
   TORCH_CHECK(loc.size(0) == value.size(0) && loc.size(2) == value.size(2), "batch or heads disagree");
+  auto hw = shapes.contiguous().cpu();
+  auto st = starts.contiguous().cpu();
+  for (int64_t l = 0; l < hw.size(0); ++l) {  // every level inside value: the kernel reads without bounds checks
+    const int64_t h = hw[l][0].item<int64_t>(), w = hw[l][1].item<int64_t>(), s = st[l].item<int64_t>();
+    TORCH_CHECK(h >= 0 && w >= 0 && s >= 0 && s + h * w <= value.size(1), "level ", l, " (", h, "x", w,
+                " from ", s, ") lies outside value's ", value.size(1), " positions");
+  }
 }
 
 template <typename scalar_t>
