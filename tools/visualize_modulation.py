@@ -17,7 +17,6 @@ Unreadable inputs are reported on stderr and skipped. Exit status: 0 if at least
 none was or the configuration is wrong. The same maps in a notebook: focalnet_det.visualize.modulation_maps.
 """
 import argparse
-import logging
 import os
 import sys
 import warnings
@@ -34,13 +33,10 @@ import focalnet_det  # noqa: E402,F401  (registers the backbones)
 from focalnet_det.errors import UserError  # noqa: E402
 from focalnet_det.fileio import atomic_path  # noqa: E402
 from focalnet_det.inference import (  # noqa: E402
-    add_inference_arguments, expand_inputs, for_each_input, load_tool_config, output_path, read_image, split_overrides,
+    add_inference_arguments, expand_inputs, for_each_input, load_tool_config, load_weights, output_path, read_image,
+    split_overrides,
 )
 from focalnet_det.visualize import find_focalnet, image_modulation_grid  # noqa: E402
-
-from focalnet_det.checkpoint import FocalNetCheckpointer as Checkpointer  # noqa: E402
-
-logger = logging.getLogger("focalnet_det.visualize_modulation")
 
 
 def get_parser():
@@ -64,10 +60,7 @@ def build_focalnet(cfg):
     except (KeyError, ValueError) as e:  # unknown registry name, bad MODEL.FOCALNET values, no FocalNet in it
         raise UserError(f"MODEL.BACKBONE.NAME {cfg.MODEL.BACKBONE.NAME}: {' '.join(str(e).split())}") from None
     holder.to(cfg.MODEL.DEVICE).eval()
-    if cfg.MODEL.WEIGHTS:
-        Checkpointer(holder).load(cfg.MODEL.WEIGHTS)
-    else:
-        logger.warning("MODEL.WEIGHTS is empty: the maps of a randomly initialised backbone")
+    load_weights(holder, cfg.MODEL.WEIGHTS, "the maps")
     return holder.backbone
 
 

@@ -22,7 +22,7 @@ from ..checkpoint import FocalNetCheckpointer
 from ..errors import UserError
 from .tiling import SemanticBand, localize_instances, merge_instances, paint_panoptic, tile_windows
 
-__all__ = ["Predictor", "load_tool_config", "set_score_threshold", "sem_seg_labels", "thing_ids", "dataset_metadata"]
+__all__ = ["Predictor", "load_weights", "load_tool_config", "set_score_threshold", "sem_seg_labels", "thing_ids", "dataset_metadata"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,15 @@ def set_score_threshold(cfg, threshold):
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = threshold
     cfg.MODEL.RETINANET.SCORE_THRESH_TEST = threshold
     cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = threshold
+
+
+def load_weights(module, weights, what="the predictions"):
+    """``weights`` (``MODEL.WEIGHTS``: an official, timm, Hugging Face or Detectron2 file) into ``module`` by the
+    project's checkpointer; empty: a warning that ``what`` come from a randomly initialised model."""
+    if weights:
+        FocalNetCheckpointer(module).load(weights)
+    else:
+        logger.warning(f"MODEL.WEIGHTS is empty: {what} of a randomly initialised model")
 
 
 def load_tool_config(args, opts, score_threshold=None):
@@ -85,10 +94,7 @@ class Predictor:
         except (KeyError, ValueError, AssertionError) as e:  # unknown registry name, inconsistent model keys
             raise UserError(f"{cfg.MODEL.META_ARCHITECTURE}: cannot build the model: {' '.join(str(e).split())}") from None
         self.model = self._predictor.model
-        if cfg.MODEL.WEIGHTS:
-            FocalNetCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
-        else:
-            logger.warning("MODEL.WEIGHTS is empty: the predictions of a randomly initialised model")
+        load_weights(self.model, cfg.MODEL.WEIGHTS)
         self.metadata = dataset_metadata(cfg)
         self.tile_size, self.tile_overlap = int(cfg.TEST.TILE.SIZE), float(cfg.TEST.TILE.OVERLAP)
         if self.tile_size:
