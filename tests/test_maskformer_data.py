@@ -97,7 +97,7 @@ def test_ground_truth_scores_pq_miou_and_ap_100(tiny_cache, tmp_path):
     """Evaluating the ground truth as predictions: PQ 100 (panopticapi), mIoU 100, mask AP 100."""
     cfg = tiny_cfg()
     evaluators = build_maskformer_evaluators(cfg, "tiny_shapes_panoptic_val", str(tmp_path / "eval"))
-    assert [type(e).__name__ for e in evaluators] == ["COCOPanopticEvaluator", "COCOEvaluator", "SemSegEvaluator"]
+    assert [type(e).__name__ for e in evaluators] == ["PerClassPanopticEvaluator", "COCOEvaluator", "SemSegEvaluator"]
     assert isinstance(evaluators[0], COCOPanopticEvaluator)
     for e in evaluators:
         e.reset()
@@ -118,6 +118,11 @@ def test_ground_truth_scores_pq_miou_and_ap_100(tiny_cache, tmp_path):
     pan, ins, sem = [e.evaluate() for e in evaluators]
     assert pan["panoptic_seg"]["PQ"] == pytest.approx(100.0)
     assert pan["panoptic_seg"]["PQ_th"] == pytest.approx(100.0) and pan["panoptic_seg"]["PQ_st"] == pytest.approx(100.0)
+    present = {MetadataCatalog.get("tiny_shapes_panoptic_val").stuff_classes[s["category_id"]]
+               for d in DatasetCatalog.get("tiny_shapes_panoptic_val") for s in d["segments_info"]}
+    per_class = {k[3:]: v for k, v in pan["panoptic_seg"].items() if k.startswith("PQ-")}
+    assert len(per_class) == 5 and {c for c, v in per_class.items() if v == v} == present  # NaN: absent
+    assert all(per_class[c] == pytest.approx(100.0) for c in present)
     assert ins["segm"]["AP"] == pytest.approx(100.0)
     assert sem["sem_seg"]["mIoU"] == pytest.approx(100.0)
 

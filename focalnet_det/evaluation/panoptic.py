@@ -1,6 +1,7 @@
 """PQ with the PQ of every class: Detectron2's ``COCOPanopticEvaluator`` reports all / things / stuff only,
 although panopticapi computes each class's PQ in the same run."""
 import contextlib
+import json
 import logging
 
 from tabulate import tabulate
@@ -32,7 +33,8 @@ def _keep_pq_result(store):
 
 class PerClassPanopticEvaluator(COCOPanopticEvaluator):
     """``COCOPanopticEvaluator`` whose results (and log) also hold ``PQ-<class>`` for every class of the
-    dataset (``stuff_classes``, by ``stuff_dataset_id_to_contiguous_id``), from the same panopticapi run."""
+    dataset (``stuff_classes``, by ``stuff_dataset_id_to_contiguous_id``), from the same panopticapi run; NaN
+    for a class found neither in the ground truth nor in the predictions."""
 
     def evaluate(self):
         with _keep_pq_result({}) as pq_res:
@@ -41,7 +43,13 @@ class PerClassPanopticEvaluator(COCOPanopticEvaluator):
             return results
         meta = self._metadata
         names = {i: meta.stuff_classes[c] for i, c in meta.stuff_dataset_id_to_contiguous_id.items()}
-        per_class = {names.get(i, str(i)): 100 * r["pq"] for i, r in pq_res["per_class"].items()}
+        # panopticapi gives 0 to a class that is neither in the ground truth nor predicted: NaN here, as COCO AP
+        with open(meta.panoptic_json) as f:
+            annotations = json.load(f)["annotations"]
+        present = {s["category_id"] for a in annotations + self._predictions for s in a["segments_info"]
+                   if not s.get("iscrowd", 0)}
+        per_class = {names.get(i, str(i)): 100 * r["pq"] if i in present else float("nan")
+                     for i, r in pq_res["per_class"].items()}
         results["panoptic_seg"].update({f"PQ-{name}": pq for name, pq in per_class.items()})
         rows = [(name, f"{pq:.3f}") for name, pq in per_class.items()]
         logger.info("Per-category PQ:\n" + tabulate(rows, headers=["category", "PQ"], tablefmt="pipe"))
