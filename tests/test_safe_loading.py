@@ -142,6 +142,47 @@ def test_unknown_classes_become_placeholders_and_weights_load(tmp_path, caplog):
     assert all(torch.equal(got[k], v) for k, v in sd.items())
 
 
+def test_unknown_names_are_never_imported_or_called():
+    """A hand-written pickle: an object of a module that does not exist, created empty, then called (REDUCE on
+    the stand-in). The reader imports nothing, calls nothing: stand-ins all the way, and the call is recorded."""
+    import io
+
+    from focalnet_det.checkpoint.reading import SafeUnpickler
+
+    data = (b"\x80\x02cno_such_module\nThing\n)\x81"  # GLOBAL, EMPTY_TUPLE, NEWOBJ: an empty Thing
+            b"(X\x01\x00\x00\x00xtR.")  # MARK, 'x', TUPLE, REDUCE: Thing-instance('x'); STOP
+    unpickler = SafeUnpickler(io.BytesIO(data))
+    out = unpickler.load()
+    assert isinstance(out, Unknown) and out.args == ("x",) and "no_such_module" not in sys.modules
+    assert unpickler.built == {"no_such_module.Thing"} and unpickler.called == {"no_such_module.Thing"}
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".pkl"])
+def test_numpy_1_and_2_spellings_read(tmp_path, suffix):
+    """numpy 2 writes ``numpy._core.multiarray``, numpy 1 ``numpy.core.multiarray``: both read, without warnings."""
+    import warnings
+    import zipfile
+
+    obj = {"model": {"w": torch.ones(2)}, "meta": {"best": np.float64(1.5), "anchors": np.arange(3)}}
+    path = tmp_path / f"numpy1{suffix}"
+    if suffix == ".pkl":
+        obj["model"] = {"w": np.ones(2)}
+        path.write_bytes(pickle.dumps(obj, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    else:
+        torch.save(obj, tmp_path / "numpy2.pth")
+        with zipfile.ZipFile(tmp_path / "numpy2.pth") as zin, zipfile.ZipFile(path, "w") as zout:
+            for item in zin.infolist():
+                data = zin.read(item.filename)
+                if item.filename.endswith("/data.pkl"):
+                    assert b"numpy._core.multiarray" in data
+                    data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+                zout.writestr(item, data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = read_checkpoint(str(path))
+    assert loaded["meta"]["best"] == 1.5 and np.array_equal(loaded["meta"]["anchors"], np.arange(3))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # honest files in released layouts that hold more than tensors
 

@@ -346,10 +346,10 @@ def load_pickle(path):
         unpickler = SafeUnpickler(f)
         try:
             obj = unpickler.load()
-        except pickle.UnpicklingError as e:
+        except Exception as e:  # noqa: BLE001 (whatever stopped it, name what it asked to run)
             if unpickler.called:
                 raise _refuse(path, unpickler.called) from None
-            raise UserError(f"cannot read {path} safely: {first_line(e)}") from None
+            raise UserError(f"cannot read {path} safely: {type(e).__name__}: {first_line(e)}") from None
     return _salvaged(path, unpickler, obj)
 
 
@@ -371,11 +371,11 @@ def _salvage_torch_file(path, error):
         unpickler = SafeUnpickler(io.BytesIO(zf.read(pkl)), storages=(zf, folder))
         try:
             obj = unpickler.load()
-        except pickle.UnpicklingError as e:
+        except Exception as e:  # noqa: BLE001 (whatever stopped it, name what it asked to run)
             called = unpickler.called or re.findall(r"GLOBAL ([\w.]+)", str(error))
             if called:
                 raise _refuse(path, called) from None
-            raise UserError(f"cannot read {path} safely: {first_line(e)}") from None
+            raise UserError(f"cannot read {path} safely: {type(e).__name__}: {first_line(e)}") from None
     return _salvaged(path, unpickler, obj)
 
 
