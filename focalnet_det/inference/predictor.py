@@ -20,7 +20,7 @@ from detectron2.engine import DefaultPredictor
 
 from ..checkpoint import FocalNetCheckpointer
 from ..errors import UserError
-from .tiling import SemanticBand, localize_instances, merge_instances, paint_panoptic, tile_windows
+from .tiling import InstanceMerger, SemanticBand, localize_instances, paint_panoptic, tile_windows
 
 __all__ = ["Predictor", "load_weights", "load_tool_config", "set_score_threshold", "sem_seg_labels", "thing_ids", "dataset_metadata"]
 
@@ -133,7 +133,7 @@ class Predictor:
         panoptic = getattr(model, "panoptic_on", False)
         things = thing_ids(self.metadata)
         is_thing = (lambda c: True) if things is None else (lambda c: c in things)
-        parts, band = [], None
+        merger, band = None, None
         with self._per_tile_outputs():
             for window in tqdm.tqdm(windows, desc="tiles", leave=False, disable=len(windows) < 16):
                 x0, y0, x1, y1 = window
@@ -142,7 +142,8 @@ class Predictor:
                     inst = out["instances"].to("cpu")
                     if panoptic:  # things only, as a panoptic Mask2Former's instances
                         inst = inst[torch.tensor([is_thing(int(c)) for c in inst.pred_classes], dtype=torch.bool)]
-                    parts.append(localize_instances(inst, window, (H, W)))
+                    merger = merger or InstanceMerger((H, W), self.cfg.TEST.DETECTIONS_PER_IMAGE)
+                    merger.add(localize_instances(inst, window, (H, W)))
                 if "sem_seg" in out:
                     if band is None:
                         sets = {"all": None}
@@ -151,7 +152,7 @@ class Predictor:
                         band = SemanticBand((H, W), sets)
                     band.add(out["sem_seg"].to("cpu"), window)
         result = {}
-        merged = merge_instances(parts, (H, W), self.cfg.TEST.DETECTIONS_PER_IMAGE) if parts else None
+        merged = merger.result() if merger is not None else None
         labels = band.finish() if band is not None else None
         if merged is not None and (not panoptic or model.instance_on):
             result["instances"] = merged

@@ -19,7 +19,10 @@ import torch
 
 from detectron2.structures import Boxes, Instances
 
-__all__ = ["tile_windows", "CroppedMasks", "localize_instances", "merge_instances", "SemanticBand", "paint_panoptic"]
+__all__ = [
+    "tile_windows", "CroppedMasks", "localize_instances", "InstanceMerger", "merge_instances", "SemanticBand",
+    "paint_panoptic",
+]
 
 DUPLICATE_IOU = 0.5  # IoU, inside the region two tiles share, above which two detections are one object
 EDGE_MARGIN = 2  # px: a detection this close to a tile edge inside the image is cut by it
@@ -199,14 +202,8 @@ def _same_object(a, i, b, j):
     return inter / union if union > 0 else 0.0
 
 
-def merge_instances(parts, image_size, max_detections=100):
-    """Merge the localized ``Instances`` of every tile (see the module docstring); returns one ``Instances`` of the
-    image, best score first, at most ``max_detections``, without the bookkeeping fields."""
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return Instances(image_size, pred_boxes=Boxes(torch.zeros(0, 4)), scores=torch.zeros(0),
-                         pred_classes=torch.zeros(0, dtype=torch.int64))
-    all_ = Instances.cat(parts)  # CroppedMasks has its own cat
+def _greedy_merge(all_):
+    """The detections of ``all_`` (localized, concatenated) that are not duplicates, with cut parts joined."""
     boxes, classes = all_.pred_boxes.tensor, all_.pred_classes
     order = sorted(range(len(all_)), key=lambda k: (bool(all_.cut[k]), -float(all_.scores[k])))
     kept = []  # one-element Instances, merged in place
@@ -228,12 +225,41 @@ def merge_instances(parts, image_size, max_detections=100):
         else:
             kept_boxes[len(kept)], kept_classes[len(kept)] = boxes[k], classes[k]
             kept.append(cand)
-    merged = Instances.cat(kept)
-    merged = merged[torch.argsort(merged.scores, descending=True)[:max_detections]]
-    out = Instances(image_size, pred_boxes=merged.pred_boxes, scores=merged.scores, pred_classes=merged.pred_classes)
-    if merged.has("pred_masks"):
-        out.pred_masks = merged.pred_masks
-    return out
+    return Instances.cat(kept)  # CroppedMasks has its own cat
+
+
+class InstanceMerger:
+    """Merges the localized ``Instances`` of tiles as they come (see the module docstring), keeping at most
+    ``max_detections`` (the best scores) between tiles: memory follows the detections kept, not the tiles seen."""
+
+    def __init__(self, image_size, max_detections=100):
+        self.image_size, self.max_detections, self.kept = image_size, max_detections, None
+
+    def add(self, localized):
+        if not len(localized):
+            return
+        merged = _greedy_merge(localized if self.kept is None else Instances.cat([self.kept, localized]))
+        self.kept = merged[torch.argsort(merged.scores, descending=True)[: self.max_detections]]
+
+    def result(self):
+        """One ``Instances`` of the image, best score first, without the bookkeeping fields."""
+        if self.kept is None:
+            return Instances(self.image_size, pred_boxes=Boxes(torch.zeros(0, 4)), scores=torch.zeros(0),
+                             pred_classes=torch.zeros(0, dtype=torch.int64))
+        k = self.kept
+        out = Instances(self.image_size, pred_boxes=k.pred_boxes, scores=k.scores, pred_classes=k.pred_classes)
+        if k.has("pred_masks"):
+            out.pred_masks = k.pred_masks
+        return out
+
+
+def merge_instances(parts, image_size, max_detections=100):
+    """Merge the localized ``Instances`` of every tile (see the module docstring); returns one ``Instances`` of the
+    image, best score first, at most ``max_detections``, without the bookkeeping fields."""
+    merger = InstanceMerger(image_size, max_detections)
+    for part in parts:
+        merger.add(part)
+    return merger.result()
 
 
 def _join(a, b):
