@@ -89,7 +89,13 @@ class _Session:
         writer.add(os.path.abspath(path), os.path.basename(path), image.shape[:2], predictions)
         files = []
         for written in writer.finish():
-            files += sorted(os.path.join(written, f) for f in os.listdir(written)) if os.path.isdir(written) else [written]
+            if not os.path.isdir(written):
+                files.append(written)
+                continue
+            for name in sorted(os.listdir(written)):  # sem_seg/x.png -> sem_seg_x.png: one name per download
+                link = os.path.join(out, f"{os.path.basename(written)}_{name}")
+                os.link(os.path.join(written, name), link)
+                files.append(link)
         return drawn, maps, files
 
 
