@@ -1,8 +1,8 @@
 """Checks of a dataset's files before any process starts: one UserError naming the file and the first offending
 entry, or a warning for what training drops by itself (boxes without area).
 
-One pass over the JSON (parsed once, shared with the registration's class names) and one directory listing per
-image folder, not one file-system call per image: a 100k-image COCO file is checked in seconds.
+One pass over the JSON (parsed once; its categories kept for the registration's class names) and one directory
+listing per image folder, not one file-system call per image: a 100k-image COCO file is checked in seconds.
 """
 import logging
 import os
@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from ...errors import UserError
-from .register_own import _SOURCE, _categories, _panoptic_categories, image_extension, read_json
+from .register_own import REGISTERED_FROM, coco_categories, panoptic_categories, image_extension, read_json
 
 __all__ = ["check_registered_files", "check_coco_file", "check_panoptic_file", "check_sem_seg_files"]
 
@@ -69,7 +69,7 @@ def check_coco_file(json_file, image_root, name="dataset"):
     ``category_id`` known, every image on disk; boxes of zero or negative size counted (training drops them)."""
     data = read_json(json_file)
     images = _images(data, json_file)
-    category_ids = {c["id"] for c in _categories(json_file)}
+    category_ids = {c["id"] for c in coco_categories(json_file, data)}
     degenerate = []
     for i, ann in enumerate(_entry_list(data, "annotations", json_file, required=False)):
         if not isinstance(ann, dict):
@@ -98,7 +98,7 @@ def check_panoptic_file(json_file, png_root, image_root):
     PNG on disk."""
     data = read_json(json_file)
     images = _images(data, json_file)
-    category_ids = {c["id"] for c in _panoptic_categories(json_file)}
+    category_ids = {c["id"] for c in panoptic_categories(json_file, data)}
     pngs = []
     for i, ann in enumerate(_entry_list(data, "annotations", json_file)):
         if not isinstance(ann, dict) or "file_name" not in ann or not isinstance(ann.get("segments_info"), list):
@@ -149,7 +149,7 @@ def check_sem_seg_files(image_root, label_root, classes, ignore_label, name="dat
 
 def check_registered_files(name, metadata):
     """The checks above for a dataset registered from files (``register_own``); nothing for others."""
-    if metadata.get(_SOURCE, None) is None:
+    if metadata.get(REGISTERED_FROM, None) is None:
         return
     evaluator_type = metadata.get("evaluator_type")
     if evaluator_type == "coco":

@@ -24,39 +24,49 @@ from .panoptic_utils import load_panoptic_json, panoptic_metadata, write_semanti
 from .tiny_shapes import tiny_shapes_root, write_once
 
 __all__ = ["register_coco_dataset", "register_coco_panoptic_dataset", "register_sem_seg_dataset", "read_json",
-           "IMAGE_EXTENSIONS"]
+           "coco_categories", "panoptic_categories", "image_extension", "REGISTERED_FROM", "IMAGE_EXTENSIONS"]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-_SOURCE = "registered_from"  # metadata key marking a dataset registered here (value: its files)
-_json_cache = {}
+REGISTERED_FROM = "registered_from"  # metadata key marking a dataset registered here (value: its files)
+_categories_cache = {}
 
 
-def read_json(path):
-    """The parsed JSON file (cached while the file is unchanged); a missing or malformed file is a UserError."""
+def _file_key(path):
     try:
         stat = os.stat(path)
     except OSError as e:
         raise UserError(f"{path}: cannot read it ({e.strerror})") from None
-    key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
-    if key not in _json_cache:
-        try:
-            with open(path, "rb") as f:
-                data = json.load(f)
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"{path}: cannot read it ({e})") from None
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{path}: a COCO file holds a JSON object, this one a {type(data).__name__}")
-        _json_cache.clear()  # one file at a time: a large annotation file is not kept twice
-        _json_cache[key] = data
-    return _json_cache[key]
+    return os.path.abspath(path), stat.st_mtime_ns, stat.st_size
 
 
-def _categories(json_file):
-    categories = read_json(json_file).get("categories")
+def read_json(path):
+    """The parsed JSON file; a missing, unreadable or malformed file is a UserError naming it."""
+    _file_key(path)
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read it ({e})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a COCO file holds a JSON object, this one a {type(data).__name__}")
+    return data
+
+
+def coco_categories(json_file, data=None):
+    """The file's categories sorted by id, kept per file (only they: the metadata of several datasets asks for
+    them in turn, and a large annotation file is not kept in memory); ``data``: the file, already parsed."""
+    key = _file_key(json_file)
+    if key not in _categories_cache:
+        _categories_cache[key] = _read_categories(json_file, read_json(json_file) if data is None else data)
+    return _categories_cache[key]
+
+
+def _read_categories(json_file, data):
+    categories = data.get("categories")
     if not isinstance(categories, list) or not categories:
         raise UserError(f"{json_file}: no 'categories' list (each category needs 'id' and 'name')")
     for c in categories:
@@ -69,9 +79,9 @@ def _claim(name, source):
     """Make room for ``name``: free if unknown or registered here before (then removed), else a UserError."""
     if name not in DatasetCatalog.list():
         return
-    if MetadataCatalog.get(name).get(_SOURCE, None) is None:
+    if MetadataCatalog.get(name).get(REGISTERED_FROM, None) is None:
         raise UserError(f"dataset name {name!r} is taken by a built-in dataset: register yours under another name")
-    if MetadataCatalog.get(name).get(_SOURCE) != source:
+    if MetadataCatalog.get(name).get(REGISTERED_FROM) != source:
         logger.info(f"dataset {name!r} registered again, now from {source}")
     DatasetCatalog.remove(name)
     MetadataCatalog.remove(name)
@@ -82,11 +92,11 @@ class _CocoMetadata(Metadata):
 
     @property
     def thing_classes(self):
-        return [c["name"] for c in _categories(self.json_file)]
+        return [c["name"] for c in coco_categories(self.json_file)]
 
     @property
     def thing_dataset_id_to_contiguous_id(self):
-        return {c["id"]: i for i, c in enumerate(_categories(self.json_file))}
+        return {c["id"]: i for i, c in enumerate(coco_categories(self.json_file))}
 
 
 def _drop_degenerate_boxes(name, dicts):
@@ -110,7 +120,7 @@ def register_coco_dataset(name, json_file, image_root):
     _claim(name, (json_file, image_root))
     DatasetCatalog.register(name, lambda: _drop_degenerate_boxes(name, load_coco_json(json_file, image_root, name)))
     MetadataCatalog[name] = _CocoMetadata(name=name).set(
-        json_file=json_file, image_root=image_root, evaluator_type="coco", **{_SOURCE: (json_file, image_root)})
+        json_file=json_file, image_root=image_root, evaluator_type="coco", **{REGISTERED_FROM: (json_file, image_root)})
 
 
 def semantic_cache_root(panoptic_json, png_root):
@@ -127,7 +137,7 @@ class _PanopticMetadata(Metadata):
     semantic view of the panoptic PNGs on first access (once, atomically: concurrent processes share it)."""
 
     def _meta(self):
-        return panoptic_metadata(_panoptic_categories(self.panoptic_json))
+        return panoptic_metadata(panoptic_categories(self.panoptic_json))
 
     thing_classes = property(lambda self: self._meta()["thing_classes"])
     thing_colors = property(lambda self: self._meta()["thing_colors"])
@@ -143,14 +153,14 @@ class _PanopticMetadata(Metadata):
         def write(folder):
             logger.info(f"{self.name}: writing semantic labels from the panoptic PNGs into {root} (once)")
             write_semantic_from_panoptic(self.panoptic_json, self.panoptic_root, folder,
-                                         _panoptic_categories(self.panoptic_json), self.ignore_label)
+                                         panoptic_categories(self.panoptic_json), self.ignore_label)
             open(os.path.join(folder, ".complete"), "w").close()
 
         return str(write_once(root, ".complete", write))
 
 
-def _panoptic_categories(json_file):
-    categories = _categories(json_file)
+def panoptic_categories(json_file, data=None):
+    categories = coco_categories(json_file, data)
     for c in categories:
         if "isthing" not in c:
             raise UserError(f"{json_file}: panoptic category {c['name']!r} (id {c['id']}) has no 'isthing'")
@@ -166,13 +176,13 @@ def register_coco_panoptic_dataset(name, json_file, png_root, image_root):
 
     def load():
         meta = MetadataCatalog.get(name)
-        return load_panoptic_json(json_file, image_root, png_root, panoptic_metadata(_panoptic_categories(json_file)),
+        return load_panoptic_json(json_file, image_root, png_root, panoptic_metadata(panoptic_categories(json_file)),
                                   sem_seg_dir=meta.sem_seg_root)
 
     DatasetCatalog.register(name, load)
     MetadataCatalog[name] = _PanopticMetadata(name=name).set(
         panoptic_json=json_file, panoptic_root=png_root, image_root=image_root, evaluator_type="coco_panoptic_seg",
-        ignore_label=255, label_divisor=1000, **{_SOURCE: (json_file, png_root, image_root)},
+        ignore_label=255, label_divisor=1000, **{REGISTERED_FROM: (json_file, png_root, image_root)},
     )
 
 
@@ -202,5 +212,5 @@ def register_sem_seg_dataset(name, image_root, label_root, classes, ignore_label
                                                        image_ext=image_extension(image_root)))
     MetadataCatalog.get(name).set(
         image_root=image_root, sem_seg_root=label_root, stuff_classes=classes, ignore_label=ignore_label,
-        evaluator_type="sem_seg", **{_SOURCE: (image_root, label_root)},
+        evaluator_type="sem_seg", **{REGISTERED_FROM: (image_root, label_root)},
     )
