@@ -59,8 +59,9 @@ def write_evil_pth(path, marker, where="beside", payload=Payload):
     else:
         obj = {"top": lambda: payload(marker),
                "beside": lambda: {"model": sd, "optimizer": {"state": payload(marker)}},
+               "legacy": lambda: {"model": sd, "optimizer": {"state": payload(marker)}},
                "in_model": lambda: {"model": {**sd, "extra": payload(marker)}}}[where]()
-    torch.save(obj, path)
+    torch.save(obj, path, _use_new_zipfile_serialization=where != "legacy")  # legacy: torch < 1.6's format
     assert not Path(marker).exists()
     return str(path)
 
@@ -87,7 +88,7 @@ def assert_refused(text, path, *names):
 # the reader
 
 
-@pytest.mark.parametrize("where", ["top", "beside", "in_model", "in_config"])
+@pytest.mark.parametrize("where", ["top", "beside", "legacy", "in_model", "in_config"])
 @pytest.mark.parametrize("payload, name", [(Payload, "posix.system"), (EvalPayload, "builtins.eval")])
 def test_pth_payload_is_refused_and_never_runs(tmp_path, where, payload, name):
     marker = tmp_path / "marker"

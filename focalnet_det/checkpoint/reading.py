@@ -11,6 +11,7 @@ A pickle can name any function and ask for it to be called; a checkpoint must no
 - A torch file with other objects (e.g. a yacs ``CfgNode`` or an mmcv ``Config`` beside ``"model"``) is read
   again with ``SafeUnpickler``, which stands an inert ``Unknown`` in for each object of a class it does not
   admit, never importing or calling that class: the tensors come back, the stand-ins are named in a warning.
+  (A legacy torch < 1.6 file with such objects is not salvaged: refused, naming them.)
 - A file that would have to *call* something not on the list (``posix.system``, ``builtins.eval``, any
   unknown function or class called with arguments) is refused: ``UserError`` naming the file and those names.
 
@@ -195,7 +196,7 @@ class SafeUnpickler(pickle._Unpickler):
     - BUILD (setting an object's state) applies to numpy objects, ``argparse.Namespace`` and stand-ins only.
 
     ``persistent_load`` gives a torch zip file's storages (``storages``: the open ``zipfile.ZipFile`` and the
-    archive's folder name).
+    archive's folder name; ``"unread"``: stand-ins).
     """
 
     def __init__(self, file, allowed=None, storages=None, encoding="latin1"):
@@ -220,6 +221,8 @@ class SafeUnpickler(pickle._Unpickler):
         return _UnknownGlobal(full)
 
     def persistent_load(self, pid):
+        if self._storages == "unread":
+            return Unknown("storage")
         if self._storages is None or not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
         zf, folder = self._storages
@@ -353,12 +356,31 @@ def load_pickle(path):
     return _salvaged(path, unpickler, obj)
 
 
+def _legacy_names(path):
+    """(called, built) names of a legacy torch file's main pickle (after its magic number, protocol and system
+    info), read with ``SafeUnpickler`` and its storages left unread; empty if it cannot be read at all."""
+    unpickler = None
+    try:
+        with open(path, "rb") as f:
+            for _ in range(3):
+                SafeUnpickler(f).load()
+            unpickler = SafeUnpickler(f, storages="unread")
+            unpickler.load()
+    except Exception:  # noqa: BLE001 (only the names matter here)
+        pass
+    return (unpickler.called, unpickler.built) if unpickler is not None else (set(), set())
+
+
 def _salvage_torch_file(path, error):
     """A torch zip file that ``torch.load(weights_only=True)`` refused, read with ``SafeUnpickler``."""
-    if not zipfile.is_zipfile(path):  # a legacy torch file, or not a torch file at all
-        names = re.findall(r"GLOBAL ([\w.]+)", str(error))
-        if names:
-            raise _refuse(path, names) from None
+    if not zipfile.is_zipfile(path):  # a legacy torch file (torch < 1.6), or not a torch file at all
+        called, built = _legacy_names(path)
+        if called:
+            raise _refuse(path, called) from None
+        if built:
+            raise UserError(f"cannot read {path} safely: a legacy (torch < 1.6) file holding objects of "
+                            f"{', '.join(sorted(built))}, which only full unpickling reads; if it is your own file "
+                            f"and you trust it, name it in {TRUST_ENV}={path}") from None
         raise error
     with zipfile.ZipFile(path) as zf:
         pkl = next((n for n in zf.namelist() if n.endswith("/data.pkl") and n.count("/") == 1), None)
