@@ -1,4 +1,4 @@
-"""Multi-scale deformable attention (Zhu et al., Deformable DETR), in plain PyTorch.
+"""Multi-scale deformable attention (Zhu et al., Deformable DETR).
 
 Each query looks at ``n_points`` places per head and feature level, around its reference point, and
 sums what it finds there (bilinear interpolation, zero outside the map) with softmax weights over
@@ -10,7 +10,8 @@ levels x points. Three paths compute the same thing:
   materialises every sample of every level and point (``grid_sample``'s output) before weighting them;
 - the plain path, ``F.grid_sample`` per level: runs on any device, trains by autograd, and is what TorchScript
   and ONNX export record (``GridSample``, opset >= 16). It is the fallback when the kernel cannot be built (no
-  compiler), when exporting, scripting or tracing, and everywhere the kernel does not apply;
+  compiler), when exporting, scripting, tracing or compiling (``torch.compile`` / ``torch.export``), and on other
+  devices;
 - the compiled CUDA op of the official code (the ``MultiScaleDeformableAttention`` extension), for CUDA tensors
   when it is importable; it is never required.
 
@@ -166,8 +167,8 @@ class _CPUMSDeformAttnFunction(torch.autograd.Function):
 def _cpu_kernel_applies(value, sampling_locations, attention_weights):
     if not (_CPU_ENABLED and value.device.type == "cpu" and sampling_locations.device.type == "cpu"):
         return False
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return False  # export records the plain path (GridSample)
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return False  # export and torch.compile / torch.export record the plain path (GridSample)
     dtypes = (value.dtype, sampling_locations.dtype, attention_weights.dtype)
     if not all(t in (torch.float32, torch.float64, torch.bfloat16, torch.float16) for t in dtypes):
         return False
