@@ -213,10 +213,12 @@ def test_semantic_and_panoptic_are_built_from_the_merged_tiles():
 
 
 @pytest.mark.parametrize("config, opts", [
-    ("mask_rcnn_focalnet_tiny_shapes.yaml", ["MODEL.FPN.OUT_CHANNELS", "16", "MODEL.ROI_BOX_HEAD.FC_DIM", "32",
-                                             "MODEL.ROI_MASK_HEAD.CONV_DIM", "16", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]),
-    ("maskformer2_focalnet_tiny_shapes.yaml", ["MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
-                                               "MODEL.MASK_FORMER.HIDDEN_DIM", "32", "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "0.0"]),
+    ("mask_rcnn_focalnet_tiny_shapes.yaml", [
+        "MODEL.FPN.OUT_CHANNELS", "16", "MODEL.ROI_BOX_HEAD.FC_DIM", "32", "MODEL.ROI_MASK_HEAD.CONV_DIM", "16",
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]),
+    ("maskformer2_focalnet_tiny_shapes.yaml", [
+        "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.SEM_SEG_HEAD.MASK_DIM", "32", "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
+        "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "0.0"]),
     ("upernet_focalnet_tiny_shapes.yaml", ["TEST.AUG.ENABLED", "False"]),
     ("dino_focalnet_tiny_shapes.yaml", ["MODEL.DINO.HIDDEN_DIM", "32", "MODEL.DINO.DIM_FEEDFORWARD", "64"]),
 ])

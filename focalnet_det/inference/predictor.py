@@ -22,7 +22,10 @@ from ..checkpoint import FocalNetCheckpointer
 from ..errors import UserError
 from .tiling import InstanceMerger, SemanticBand, localize_instances, paint_panoptic, tile_windows
 
-__all__ = ["Predictor", "load_weights", "load_tool_config", "set_score_threshold", "sem_seg_labels", "thing_ids", "dataset_metadata"]
+__all__ = [
+    "Predictor", "load_weights", "load_tool_config", "set_score_threshold", "sem_seg_labels", "thing_ids",
+    "dataset_metadata",
+]
 
 logger = logging.getLogger(__name__)
 

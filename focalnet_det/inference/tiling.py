@@ -126,8 +126,10 @@ class CroppedMasks:
             (x, y), c = m.offsets[k], m.crops[k]
             return c[max(box[1] - y, 0) : max(box[3] - y, 0), max(box[0] - x, 0) : max(box[2] - x, 0)]
 
-        a_in = part(self, i, (max(r[0], boxes[0][0]), max(r[1], boxes[0][1]), min(r[2], boxes[0][2]), min(r[3], boxes[0][3])))
-        b_in = part(other, j, (max(r[0], boxes[1][0]), max(r[1], boxes[1][1]), min(r[2], boxes[1][2]), min(r[3], boxes[1][3])))
+        def inside(b):  # a mask's box clipped to the region
+            return max(r[0], b[0]), max(r[1], b[1]), min(r[2], b[2]), min(r[3], b[3])
+
+        a_in, b_in = part(self, i, inside(boxes[0])), part(other, j, inside(boxes[1]))
         common = (max(r[0], boxes[0][0], boxes[1][0]), max(r[1], boxes[0][1], boxes[1][1]),
                   min(r[2], boxes[0][2], boxes[1][2]), min(r[3], boxes[0][3], boxes[1][3]))
         inter = 0
@@ -163,7 +165,7 @@ def localize_instances(instances, window, image_size):
         for k in range(n):
             rows, cols = np.flatnonzero(masks[k].any(1)), np.flatnonzero(masks[k].any(0))
             if len(rows):
-                crops.append(masks[k][rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
+                crops.append(masks[k][rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].copy())  # not a view of the tile
                 offsets.append((x0 + cols[0], y0 + rows[0]))
             else:
                 crops.append(np.zeros((0, 0), bool))

@@ -154,7 +154,8 @@ class PredictionWriter:
             path = os.path.join(self.output_dir, "sem_seg", stem + ".png")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with atomic_path(path) as tmp:
-                Image.fromarray(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)).save(tmp, format="PNG")
+                dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint16
+                Image.fromarray(labels.astype(dtype)).save(tmp, format="PNG")
             entry["sem_seg"] = os.path.relpath(path, self.output_dir)
         if "instances" in predictions:
             instances = predictions["instances"].to("cpu")
