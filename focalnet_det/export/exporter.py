@@ -62,6 +62,8 @@ class Traceable:
     names: List[str]
     eager: Tuple[torch.Tensor, ...]
     input_spec: dict
+    ranked: bool = False  # outputs are detections ranked by score (DINO): see align_ranked
+
 
 
 def export_config(config_file, opts, fmt, backbone_only):
@@ -158,7 +160,8 @@ def traceable(model, cfg, image, fmt, backbone_only=False):
     if arch == "DINO":
         wrapper = RawImageDINO(model, *x.shape[-2:]).eval()
         r = model([{"image": image}])[0]["instances"]  # the eager model, its own post-processing
-        return Traceable(wrapper, (x,), wrapper.names, (r.pred_boxes.tensor, r.scores, r.pred_classes), nchw)
+        return Traceable(wrapper, (x,), wrapper.names, (r.pred_boxes.tensor, r.scores, r.pred_classes), nchw,
+                         ranked=True)
     if arch == "MaskFormer":
         wrapper = RawImageMaskFormer(model, *x.shape[-2:]).eval()
         eager = wrapper(x)  # class and mask logits: the head's own outputs, upsampled and cropped as the model does
@@ -220,6 +223,43 @@ def write_onnx(t: Traceable, path) -> Tuple[Callable, str]:
     return run, " ".join(ops)
 
 
+def align_ranked(eager, exported):
+    """Exported (boxes, scores, labels), ranked by score, reordered to the eager rows they stand for.
+
+    Top-k over thousands of (query, class) pairs: pairs whose scores differ by less than the rounding of either
+    model come out in either order, and which of them make the k-th place is arbitrary. Each eager row takes the
+    unused exported row of the same label whose score is within ``slack`` (``TOLERANCE`` x the top score) with the
+    closest box; an eager row with none is compared as it is (a real difference). Rows whose score is within ``slack``
+    of the k-th tie at the cut: not compared. Outputs of other lengths are returned as they are."""
+    eb, es, el = (torch.as_tensor(np.asarray(v)) for v in eager)
+    xb, xs, xl = (torch.as_tensor(np.asarray(v)) for v in exported)
+    if len(xs) != len(es) or not len(es):
+        return exported
+    eb, es, xb, xs = eb.double(), es.double(), xb.double(), xs.double()
+    slack = TOLERANCE * float(es.abs().max())
+    free = torch.ones(len(xs), dtype=torch.bool)
+    order = []
+    cut = float(es.min()) + slack
+    for j in range(len(es)):
+        candidates = free & (xl == el[j]) & ((xs - es[j]).abs() <= slack)
+        if float(es[j]) <= cut:
+            order.append(None)  # tied with the k-th score: any of the tied pairs may be in the top k
+            continue
+        if candidates.any():
+            distance = (xb - eb[j]).abs().amax(1).masked_fill(~candidates, float("inf"))
+            order.append(int(distance.argmin()))
+        else:
+            order.append(int(free.nonzero()[0]))  # no counterpart: compared as it is, the difference shows
+        free[order[-1]] = False
+    rows = order
+    if sum(i is None for i in rows) > len(rows) // 2:
+        logger.warning(f"{sum(i is None for i in rows)} of the {len(rows)} detections tie with the k-th score "
+                       "(random weights?): their boxes and labels are not compared")
+    return (torch.stack([xb[i] if i is not None else eb[j] for j, i in enumerate(rows)]).to(eb.dtype),
+            torch.stack([xs[i] if i is not None else es[j] for j, i in enumerate(rows)]),
+            torch.stack([xl[i] if i is not None else el[j] for j, i in enumerate(rows)]))
+
+
 def compare(names, eager, exported):
     """Per output (name, shape, exported shape, largest |difference|); the largest difference; the eager outputs'
     largest |value| (Instances' image_size left out)."""
@@ -265,7 +305,7 @@ def export_model(cfg, model, image, out_dir, fmt, backbone_only=False, time_runs
     writer = write_onnx if fmt == "onnx" else write_torchscript
     run, graph = writer(t, path)
     exported = run()
-    rows, worst, scale = compare(t.names, t.eager, exported)
+    rows, worst, scale = compare(t.names, t.eager, align_ranked(t.eager, exported) if t.ranked else exported)
     for name, shape, exported_shape, diff in rows:
         note = "" if shape == exported_shape else f" (exported shape {exported_shape})"
         logger.info(f"  {name:<28} {str(shape):<22} max |eager - exported| {diff:.3g}{note}")
