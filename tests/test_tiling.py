@@ -255,3 +255,27 @@ def test_every_head_family_predicts_a_large_image_by_tiles(config, opts, one_thr
             assert value[0].shape == (150, 230) and len(value[1]) > 0
     assert set(out) == {"mask_rcnn": {"instances"}, "maskformer2": {"instances", "sem_seg_labels", "panoptic_seg"},
                         "upernet": {"sem_seg_labels"}, "dino": {"instances"}}[config.split("_focalnet")[0]]
+
+
+def test_merging_holds_only_the_kept_detections_not_the_tiles():
+    """What stays in memory between tiles: at most max_detections crops, none of them a view of a tile's masks."""
+    from focalnet_det.inference import InstanceMerger
+    from focalnet_det.inference.tiling import localize_instances
+
+    merger = InstanceMerger((1000, 1000), max_detections=5)
+    tile_masks = []
+    for t, window in enumerate(tile_windows(1000, 1000, 200, 0.25)[:6]):
+        inst = Instances((200, 200))
+        masks = torch.zeros(8, 200, 200, dtype=torch.bool)
+        for k in range(8):  # eight separate squares per tile
+            masks[k, 10 + 20 * k : 25 + 20 * k, 10 + 20 * k : 25 + 20 * k] = True
+        inst.pred_masks, inst.scores = masks, torch.rand(8)
+        inst.pred_classes = torch.zeros(8, dtype=torch.int64)
+        inst.pred_boxes = Boxes(torch.tensor([[10 + 20 * k] * 2 + [25 + 20 * k] * 2 for k in range(8)]).float())
+        tile_masks.append(masks)
+        merger.add(localize_instances(inst, window, (1000, 1000)))
+        assert len(merger.kept) <= 5
+    result = merger.result()
+    assert len(result) == 5 and torch.all(result.scores[:-1] >= result.scores[1:])
+    for crop in result.pred_masks.crops:
+        assert crop.shape == (15, 15) and not any(np.shares_memory(crop, m.numpy()) for m in tile_masks)
