@@ -122,3 +122,23 @@ def test_mmseg_upernet_of_another_class_count(tmp_path, caplog):
     for k, v in target.state_dict().items():
         assert torch.equal(v, file_sd[k]) == (not is_class_dependent(k)), k
     assert "sem_seg_head.auxiliary_head.conv_seg.weight re-initialised" in caplog.text
+
+
+def test_official_mask2former_pkl_of_another_class_count(tmp_path, caplog):
+    """An official Mask2Former-layout file (Detectron2 .pkl of numpy arrays, as its model zoo; COCO's 133 classes,
+    here 7) fine-tuned to 3 classes: class_embed re-initialised, the rest from the file."""
+    import pickle
+
+    released, target = build("mask2former", 7, seed=1), build("mask2former", 3, seed=2)
+    path = tmp_path / "model_final.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in released.state_dict().items()}, "__author__": "Mask2Former"}, f)
+    before = target.state_dict()["sem_seg_head.predictor.class_embed.weight"].clone()
+    with caplog.at_level(logging.INFO, logger="focalnet_det"):
+        FocalNetCheckpointer(target).load(str(path))
+    file_sd = released.state_dict()
+    for k, v in target.state_dict().items():
+        assert torch.equal(v, file_sd[k]) == (not is_class_dependent(k)), k
+    assert torch.equal(target.state_dict()["sem_seg_head.predictor.class_embed.weight"], before)
+    assert "sem_seg_head.predictor.class_embed.weight re-initialised for the class count " \
+           "(MODEL.SEM_SEG_HEAD.NUM_CLASSES): (8, 128) in the checkpoint, (4, 128) in the model" in caplog.text
