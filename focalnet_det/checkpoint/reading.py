@@ -13,7 +13,7 @@ A pickle can name any function and ask for it to be called; a checkpoint must no
   admit, never importing or calling that class: the tensors come back, the stand-ins are named in a warning.
   (A legacy torch < 1.6 file with such objects is not salvaged: refused, naming them.)
 - A file that would have to *call* something not on the list (``posix.system``, ``builtins.eval``, any
-  unknown function or class called with arguments) is refused: ``UserError`` naming the file and those names.
+  unknown function or class called) is refused: ``UserError`` naming the file and those names.
 
 Nothing falls back to full unpickling on its own. ``FOCALNET_DET_TRUSTED_FILES`` (paths separated by ``:``)
 names the user's own legacy files that may be unpickled fully; the refusal message says so.
@@ -126,8 +126,6 @@ def _torch_safe_globals():
     return [(obj, name) for name, obj in ALLOWED.items()]
 
 
-# instances that may receive pickle's BUILD (their state set): numpy's and argparse's
-_BUILDABLE = (np.ndarray, np.dtype, np.generic, argparse.Namespace)
 # classes that may be created empty (NEWOBJ / copyreg._reconstructor) and then filled
 _NEWABLE = (argparse.Namespace, collections.OrderedDict, dict, set)
 
