@@ -49,7 +49,8 @@ have "import focalnet_det, timm, fvcore, pycocotools, pytest, onnx, onnxruntime,
 
 # the web page (tools/web_demo.py: Gradio, the optional "web" extra) and its browser test (selenium, with Debian's
 # chromium and chromedriver: nothing is downloaded when the tests run)
-have "import gradio, gradio_client, selenium" || {
+# (found, not imported: importing Gradio takes seconds)
+have "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ('gradio', 'gradio_client', 'selenium')))" || {
   echo "[setup] installing the web extra (gradio, gradio_client) and selenium"
   $PIP install -e '.[dev,web]'
 }
