@@ -7,7 +7,8 @@ Public: the built-in ``tiny_shapes`` (instances), ``tiny_shapes_panoptic``, ``ti
 - ``coco_2017_{train,val}_panoptic_with_sem_seg`` (and things-only ``thing_classes`` for Detectron2's
   ``coco_2017_{train,val}_panoptic``), ``ade20k_panoptic_{train,val}``, under ``$DETECTRON2_DATASETS``.
 
-ADE20K semantic (``ade20k_sem_seg_{train,val}``) is registered by Detectron2 itself.
+ADE20K semantic (``ade20k_sem_seg_{train,val}``) is registered by Detectron2 itself. Your own datasets:
+``register_own`` (the tools' ``--register-*`` flags), their files checked before launch by ``check_files``.
 """
 import os
 
