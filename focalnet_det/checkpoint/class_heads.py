@@ -18,7 +18,7 @@ import logging
 import re
 
 from ..errors import UserError
-from .convert import describe_keys
+from .reading import describe_keys
 
 __all__ = ["CLASS_DEPENDENT", "is_class_dependent", "fit_class_heads"]
 
