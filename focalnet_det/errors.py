@@ -13,3 +13,16 @@ def one_line(error):
         if "UserError: " in line:
             return line.split("UserError: ", 1)[1]
     return lines[-1] if lines else type(error).__name__
+
+
+def run_tool(main):
+    """A tool's ``__main__``: exit with ``main()``'s status, or print a UserError as one line
+    (``<tool>: error: ...``) and exit 2."""
+    import os
+    import sys
+
+    try:
+        sys.exit(main())
+    except UserError as e:
+        print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
+        sys.exit(2)

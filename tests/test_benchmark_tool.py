@@ -57,7 +57,7 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "tools" / "benchmark.py"), "--config-file",
                              str(tmp_path / "missing.yaml")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: config file not found")
+    assert result.stderr.strip().splitlines()[-1].startswith("benchmark.py: error: config file not found")
     assert "Traceback" not in result.stderr
 
 

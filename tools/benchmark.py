@@ -45,7 +45,7 @@ import focalnet_det  # noqa: F401
 from focalnet_det import add_focalnet_config
 from focalnet_det.config import load_config
 from focalnet_det.allocator import release_freed_memory, reuse_freed_memory
-from focalnet_det.errors import UserError
+from focalnet_det.errors import UserError, run_tool
 from focalnet_det.modeling import layers as deform_layers
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -509,8 +509,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_tool(main)

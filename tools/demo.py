@@ -12,7 +12,6 @@ configuration is wrong. The prediction files themselves: tools/predict.py.
 import argparse
 import itertools
 import os
-import sys
 import warnings
 
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")  # raised by Detectron2's import
@@ -25,7 +24,7 @@ from detectron2.utils.video_visualizer import VideoVisualizer  # noqa: E402
 from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
 
 from focalnet_det.allocator import reuse_freed_memory  # noqa: E402
-from focalnet_det.errors import UserError  # noqa: E402
+from focalnet_det.errors import run_tool  # noqa: E402
 from focalnet_det.fileio import atomic_path  # noqa: E402
 from focalnet_det.inference import (  # noqa: E402
     Predictor, add_inference_arguments, expand_inputs, for_each_input, is_video, load_tool_config, output_path,
@@ -95,8 +94,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        print(f"demo.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_tool(main)

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import focalnet_det  # noqa: E402,F401  (registers the models)
-from focalnet_det.errors import UserError  # noqa: E402
+from focalnet_det.errors import UserError, run_tool  # noqa: E402
 from focalnet_det.export import TOLERANCE, build_export_model, export_config, export_model, sample_image  # noqa: E402
 
 CFG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Za-z0-9_]+)+$")
@@ -93,8 +93,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        print(f"export_model.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_tool(main)

@@ -20,7 +20,7 @@ import os
 import sys
 from collections import defaultdict
 
-from focalnet_det.errors import UserError
+from focalnet_det.errors import UserError, run_tool
 
 TRAINING_STATS = {"rpn", "roi_head", "fast_rcnn", "mask_rcnn"}  # Detectron2's per-iteration statistics, not evaluation
 NOT_PLOTTED = {"iteration", "lr", "time", "data_time", "eta_seconds", "rank_data_time"}
@@ -175,8 +175,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        print(f"plot_metrics.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_tool(main)

@@ -18,7 +18,6 @@ Exit status: 0 if at least one input was predicted, 2 if none was or the configu
 import argparse
 import logging
 import os
-import sys
 import warnings
 
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")  # raised by Detectron2's import
@@ -26,7 +25,7 @@ warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from focalnet_det.allocator import reuse_freed_memory  # noqa: E402
-from focalnet_det.errors import UserError  # noqa: E402
+from focalnet_det.errors import UserError, run_tool  # noqa: E402
 from focalnet_det.inference import (  # noqa: E402
     PredictionWriter, Predictor, add_inference_arguments, expand_inputs, for_each_input, is_video, load_tool_config, read_image,
     split_overrides, video_frames,
@@ -80,8 +79,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        print(f"predict.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_tool(main)

@@ -18,7 +18,6 @@ none was or the configuration is wrong. The same maps in a notebook: focalnet_de
 """
 import argparse
 import os
-import sys
 import warnings
 
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")  # raised by Detectron2's import
@@ -30,7 +29,7 @@ from detectron2.modeling import build_backbone  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import focalnet_det  # noqa: E402,F401  (registers the backbones)
-from focalnet_det.errors import UserError  # noqa: E402
+from focalnet_det.errors import UserError, run_tool  # noqa: E402
 from focalnet_det.fileio import atomic_path  # noqa: E402
 from focalnet_det.inference import (  # noqa: E402
     add_inference_arguments, expand_inputs, for_each_input, load_tool_config, load_weights, output_path, read_image,
@@ -94,8 +93,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        print(f"visualize_modulation.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_tool(main)

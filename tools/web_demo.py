@@ -10,14 +10,13 @@ Python: focalnet_det.inference.web.build_web_demo(Predictor(cfg)).
 """
 import argparse
 import logging
-import sys
 import warnings
 
 warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated")  # raised by Detectron2's import
 
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from focalnet_det.errors import UserError  # noqa: E402
+from focalnet_det.errors import run_tool  # noqa: E402
 from focalnet_det.inference import Predictor, add_inference_arguments, load_tool_config, split_overrides  # noqa: E402
 from focalnet_det.inference.web import build_web_demo, import_gradio  # noqa: E402
 
@@ -46,8 +45,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except UserError as e:
-        print(f"web_demo.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_tool(main)
