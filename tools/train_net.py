@@ -164,6 +164,9 @@ def setup(args):
     """The config, and Detectron2's per-process setup (logging, seeds, the config saved to OUTPUT_DIR)."""
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
+    # Detectron2's environment report imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on
+    # every CPU machine: a stray stderr line before a one-line error
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     default_setup(cfg, args)
     # this project's messages (checkpoint adaptation, skipped images, SyncBN) in the console and log.txt too
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="focalnet_det", abbrev_name="fd")

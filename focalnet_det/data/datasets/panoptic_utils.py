@@ -5,6 +5,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from ...fileio import atomic_path
+
 __all__ = ["panoptic_metadata", "load_panoptic_json", "panoptic_to_semantic", "write_semantic_from_panoptic", "id2rgb", "rgb2id"]
 
 
@@ -107,4 +109,5 @@ def write_semantic_from_panoptic(panoptic_json, panoptic_root, sem_seg_root, cat
 
 def _convert_one(pan_path, segments_info, out_path, category_map, ignore_label):
     pan_ids = rgb2id(np.asarray(Image.open(pan_path).convert("RGB")))
-    Image.fromarray(panoptic_to_semantic(pan_ids, segments_info, category_map, ignore_label)).save(out_path)
+    with atomic_path(out_path) as tmp:  # a killed conversion leaves no half PNG for training to read
+        Image.fromarray(panoptic_to_semantic(pan_ids, segments_info, category_map, ignore_label)).save(tmp, format="PNG")
