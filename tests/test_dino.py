@@ -325,7 +325,8 @@ def test_official_checkpoint_loads_strictly_and_gives_the_same_outputs(tmp_path,
     fresh = other.class_embed.weight.clone()
     with caplog.at_level(logging.INFO):
         FocalNetCheckpointer(other).load(path)
-    assert "re-initialised" in caplog.text
+    for key in ("class_embed.weight", "transformer.enc_out_class_embed.weight", "label_enc.weight"):
+        assert f"{key} re-initialised for the class count (MODEL.DINO.NUM_CLASSES)" in caplog.text
     assert torch.equal(other.class_embed.weight, fresh)
     assert torch.equal(other.transformer.level_embed, source.transformer.level_embed)
 

@@ -238,7 +238,10 @@ def test_other_class_count_keeps_class_heads(mask_rcnn, tmp_path, caplog):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with caplog.at_level("INFO"):
         FocalNetCheckpointer(model).load(path)
-    assert "80 classes in the checkpoint, 3 in the model" in caplog.text
+    # each class-sized tensor named with both shapes (81 logits incl. background in the file, 4 in the model)
+    assert ("roi_heads.box_predictor.cls_score.weight re-initialised for the class count "
+            "(MODEL.ROI_HEADS.NUM_CLASSES): (81, 64) in the checkpoint, (4, 64) in the model") in caplog.text
+    assert "roi_heads.mask_head.predictor.weight re-initialised" in caplog.text
     class_sized = ("box_predictor.cls_score.", "box_predictor.bbox_pred.", "mask_head.predictor.")
     for k, v in model.state_dict().items():
         ref = before[k] if any(c in k for c in class_sized) else mask_rcnn.state_dict()[k]

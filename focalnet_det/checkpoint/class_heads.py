@@ -20,7 +20,7 @@ import re
 from ..errors import UserError
 from .reading import describe_keys
 
-__all__ = ["CLASS_DEPENDENT", "is_class_dependent", "fit_class_heads"]
+__all__ = ["CLASS_DEPENDENT", "is_class_dependent", "fit_class_heads", "log_reinitialised"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,15 @@ def is_class_dependent(key):
     return CLASS_DEPENDENT.match(key) is not None
 
 
+def log_reinitialised(filename, keys, state_dict, model_sd):
+    """One log line per class-dependent parameter that keeps the model's initialisation: name, the config key
+    of the class count, both shapes (every family's loader, the official DINO and mmdet conversions too)."""
+    for k in keys:
+        key = next(cfg_key for prefix, cfg_key in _NUM_CLASSES_KEY if k.startswith(prefix))
+        logger.info(f"{filename}: {k} re-initialised for the class count ({key}): {tuple(state_dict[k].shape)} in "
+                    f"the checkpoint, {tuple(model_sd[k].shape)} in the model")
+
+
 def fit_class_heads(model, checkpoint, filename="checkpoint", backbone_prefix=None):
     """Fit ``checkpoint["model"]`` (Detectron2 keys, in place) to ``model`` when it is a whole model of the
     same family (it holds class-dependent keys of the model): class-dependent tensors of another size are
@@ -59,10 +68,7 @@ def fit_class_heads(model, checkpoint, filename="checkpoint", backbone_prefix=No
         return checkpoint
     resized = [k for k, v in state_dict.items()
                if is_class_dependent(k) and k in model_sd and tuple(v.shape) != tuple(model_sd[k].shape)]
-    for k in resized:
-        key = next(cfg_key for prefix, cfg_key in _NUM_CLASSES_KEY if k.startswith(prefix))
-        logger.info(f"{filename}: {k} re-initialised for the class count ({key}): {tuple(state_dict[k].shape)} in "
-                    f"the checkpoint, {tuple(model_sd[k].shape)} in the model")
+    log_reinitialised(filename, resized, state_dict, model_sd)
     strict = [k for k in model_sd if not (backbone_prefix and k.startswith(backbone_prefix))
               and not k.endswith("num_batches_tracked")]
     missing = [k for k in strict if k not in state_dict]

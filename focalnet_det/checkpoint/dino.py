@@ -22,6 +22,7 @@ import re
 import torch
 
 from ..errors import UserError
+from .class_heads import log_reinitialised
 from .reading import describe_keys
 
 __all__ = ["is_official_dino", "official_dino_to_detectron2", "fit_dino_state_dict", "CLASS_DEPENDENT_KEYS"]
@@ -88,10 +89,7 @@ def fit_dino_state_dict(model, state_dict, filename="checkpoint"):
     resized = [k for k in CLASS_DEPENDENT_KEYS
                if k in state_dict and k in model_sd and state_dict[k].shape != model_sd[k].shape]
     if resized:
-        ckpt_n, model_n = state_dict["class_embed.weight"].shape[0], model_sd["class_embed.weight"].shape[0]
-        logger.info(f"DINO checkpoint {filename}: {ckpt_n} class logits, the model has {model_n} "
-                    f"(MODEL.DINO.NUM_CLASSES): class heads and label embedding re-initialised "
-                    f"({', '.join(resized)})")
+        log_reinitialised(filename, resized, state_dict, model_sd)
         state_dict = {k: v for k, v in state_dict.items() if k not in resized}
     for k, v in state_dict.items():
         if k in model_sd and v.shape != model_sd[k].shape:

@@ -16,6 +16,7 @@ import logging
 import re
 
 from ..errors import UserError
+from .class_heads import log_reinitialised
 from .reading import describe_keys
 
 __all__ = [
@@ -154,8 +155,5 @@ def fit_mmdet_rcnn_state_dict(model, state_dict, filename="checkpoint"):
         raise UserError(f"{filename}: {k} has shape {tuple(v.shape)} in the mmdet checkpoint, "
                         f"{tuple(model_sd[k].shape)} in the model (check MODEL.FOCALNET against the checkpoint's "
                         f"variant){hint}")
-    if resized:
-        logger.info(f"{filename}: {state_dict[cls_key].shape[0] - 1} classes in the checkpoint, "
-                    f"{model_sd[cls_key].shape[0] - 1} in the model (MODEL.ROI_HEADS.NUM_CLASSES): "
-                    f"{len(resized)} class-dependent tensors keep their initialisation")
+    log_reinitialised(filename, resized, state_dict, model_sd)
     return {k: v for k, v in state_dict.items() if k not in resized}
