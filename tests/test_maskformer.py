@@ -379,6 +379,26 @@ def test_large_fl4_panoptic_builds_and_runs_on_cpu():
     assert out["instances"].image_size == (48, 72) and len(out["instances"]) <= 100
 
 
+@pytest.mark.parametrize("dec_layers", [10, 1])
+def test_inference_attention_masks_from_resized_mask_features_equal_the_official_resize(dec_layers):
+    """In inference the intermediate attention masks come from mask features resized once per scale; training
+    (the official computation: each layer's full-resolution mask logits resized) gives the same outputs."""
+    cfg = config(TINY, "MODEL.MASK_FORMER.DEC_LAYERS", str(dec_layers))
+    shapes = {f"res{i + 2}": ShapeSpec(channels=c, stride=4 * 2**i) for i, c in enumerate([48, 96, 192, 384])}
+    decoder = build_sem_seg_head(cfg, shapes).predictor
+    g = torch.Generator().manual_seed(0)
+    # a 200x152 image: 7x5, 13x10, 25x19 attended scales, 50x38 mask features (non-integer resize factors)
+    x = [torch.randn(2, 128, h, w, generator=g) for h, w in [(7, 5), (13, 10), (25, 19)]]
+    mask_features = torch.randn(2, 128, 50, 38, generator=g)
+    with torch.no_grad():
+        official = decoder.train()(x, mask_features)
+        ours = decoder.eval()(x, mask_features)
+    assert len(official["aux_outputs"]) == dec_layers - 1 and ours["aux_outputs"] == []
+    for k in ("pred_logits", "pred_masks"):
+        assert ours[k].shape == official[k].shape
+        torch.testing.assert_close(ours[k], official[k], rtol=1e-5, atol=1e-5 * official[k].abs().max().item())
+
+
 # ------------------------------------------------------------------------------------------------
 # configs
 

@@ -6,7 +6,8 @@ decoder scales round-robin (1/32, 1/16, 1/8, 1/32, ...). Each query's cross-atte
 where its current mask prediction is >= 0.5 (sigmoid), resized to the scale attended; a query whose mask
 is empty everywhere attends everywhere (otherwise its softmax would be all -inf: NaN). Predictions
 (class logits, mask logits at the mask features' stride) are made before the first layer and after each,
-so the last is the output and the others are auxiliary outputs for deep supervision.
+so the last is the output and the others are auxiliary outputs for deep supervision; in inference the
+others are made only at the attended scales, which is all the attention masks need.
 
 Module and parameter names are the official ones.
 """
@@ -240,7 +241,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             mask_features: (N, mask_dim, H, W)
             mask: unused (no padding mask, as the official decoder)
         Returns:
-            {"pred_logits": (N, Q, K+1), "pred_masks": (N, Q, H, W), "aux_outputs": [dec_layers such dicts]}
+            {"pred_logits": (N, Q, K+1), "pred_masks": (N, Q, H, W),
+             "aux_outputs": [dec_layers such dicts] in training, [] in inference}
         """
         if len(x) != self.num_feature_levels:
             raise ValueError(f"expected {self.num_feature_levels} feature levels, got {len(x)}")
@@ -254,8 +256,18 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, n, 1)  # (Q, N, C)
         output = self.query_feat.weight.unsqueeze(1).repeat(1, n, 1)
 
+        # Training supervises every layer's full-resolution masks. Inference outputs only the last layer's: the
+        # others only make the next layer's attention mask, here from the mask features resized once per scale
+        # (bilinear resizing is linear, so this is the official resize of full-resolution mask logits up to
+        # rounding) instead of a full-resolution product and resize per layer.
+        if self.training:
+            attn_features = [mask_features] * self.num_feature_levels
+        else:
+            attn_features = [F.interpolate(mask_features, size=s, mode="bilinear", align_corners=False) for s in sizes]
         predictions_class, predictions_mask = [], []
-        outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(output, mask_features, sizes[0])
+        outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
+            output, attn_features[0] if self.num_layers else mask_features, sizes[0]
+        )
         predictions_class.append(outputs_class)
         predictions_mask.append(outputs_mask)
         for i in range(self.num_layers):
@@ -269,15 +281,18 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             )
             output = self.transformer_self_attention_layers[i](output, query_pos=query_embed)
             output = self.transformer_ffn_layers[i](output)
+            next_level = (i + 1) % self.num_feature_levels
+            last = i == self.num_layers - 1
             outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
-                output, mask_features, sizes[(i + 1) % self.num_feature_levels]
+                output, mask_features if last else attn_features[next_level], sizes[next_level]
             )
             predictions_class.append(outputs_class)
             predictions_mask.append(outputs_mask)
         return {
             "pred_logits": predictions_class[-1],
             "pred_masks": predictions_mask[-1],
-            "aux_outputs": self._set_aux_loss(predictions_class, predictions_mask),
+            # in inference the earlier layers' masks are at the attended scales: not outputs
+            "aux_outputs": self._set_aux_loss(predictions_class, predictions_mask) if self.training else [],
         }
 
     def forward_prediction_heads(self, output, mask_features, attn_mask_target_size):
@@ -286,7 +301,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         mask_embed = self.mask_embed(decoder_output)
         outputs_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
         # True = may not attend: where the predicted mask, resized to the next scale, is < 0.5
-        attn_mask = F.interpolate(outputs_mask, size=attn_mask_target_size, mode="bilinear", align_corners=False)
+        attn_mask = outputs_mask
+        if outputs_mask.shape[-2:] != attn_mask_target_size:
+            attn_mask = F.interpolate(outputs_mask, size=attn_mask_target_size, mode="bilinear", align_corners=False)
         attn_mask = attn_mask.sigmoid().flatten(2) < 0.5  # (N, Q, HW)
         attn_mask = attn_mask.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1).detach()
         return outputs_class, outputs_mask, attn_mask
