@@ -433,7 +433,7 @@ def test_every_maskformer_config_is_a_thin_child_and_builds_its_head():
         assert cfg.DATASETS.TEST == (test_set,) and cfg.INPUT.DATASET_MAPPER_NAME == mapper, path
         assert (mf.TEST.SEMANTIC_ON, mf.TEST.INSTANCE_ON, mf.TEST.PANOPTIC_ON) == (sem, ins, pan), path
         large = "large" in path
-        assert mf.NUM_OBJECT_QUERIES == (200 if large and "SemanticSegmentation" not in path else 100 if folder != "Tiny" else 16)
+        assert mf.NUM_OBJECT_QUERIES == (200 if large and "SemanticSegmentation" not in path else 100 if folder != "Tiny" else 32)
         if folder != "Tiny":
             assert mf.DEC_LAYERS == 10 and cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS == 6, path
             assert (mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT, mf.TRAIN_NUM_POINTS) == (2.0, 5.0, 5.0, 12544)
