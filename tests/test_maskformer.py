@@ -23,6 +23,8 @@ from focalnet_det.modeling.mask2former import PositionEmbeddingSine
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 L_FL4_PANOPTIC = os.path.join(ROOT, "configs/COCO-PanopticSegmentation/maskformer2_focalnet_large_fl4_100ep.yaml")
 TINY = os.path.join(ROOT, "configs/Tiny/maskformer2_focalnet_tiny_shapes.yaml")
+# the tiny config's slim FocalNet (width 48) as the head sees it
+TINY_BACKBONE_SHAPES = {f"res{i + 2}": ShapeSpec(channels=c, stride=4 * 2**i) for i, c in enumerate([48, 96, 192, 384])}
 
 
 def config(path, *opts):
@@ -338,8 +340,7 @@ def test_official_head_layout_loads_strictly():
 def test_old_checkpoint_names_are_renamed():
     """Version-1 checkpoints: the pixel decoder directly under the head, 'static_query' for query_feat."""
     cfg = config(TINY, "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1")
-    shapes = {f"res{i + 2}": ShapeSpec(channels=c, stride=4 * 2**i) for i, c in enumerate([48, 96, 192, 384])}
-    head = build_sem_seg_head(cfg, shapes)
+    head = build_sem_seg_head(cfg, TINY_BACKBONE_SHAPES)
     state = {k: v.clone() for k, v in head.state_dict().items()}
     old = {}
     for k, v in state.items():
@@ -384,8 +385,7 @@ def test_inference_attention_masks_from_resized_mask_features_equal_the_official
     """In inference the intermediate attention masks come from mask features resized once per scale; training
     (the official computation: each layer's full-resolution mask logits resized) gives the same outputs."""
     cfg = config(TINY, "MODEL.MASK_FORMER.DEC_LAYERS", str(dec_layers))
-    shapes = {f"res{i + 2}": ShapeSpec(channels=c, stride=4 * 2**i) for i, c in enumerate([48, 96, 192, 384])}
-    decoder = build_sem_seg_head(cfg, shapes).predictor
+    decoder = build_sem_seg_head(cfg, TINY_BACKBONE_SHAPES).predictor
     g = torch.Generator().manual_seed(0)
     # a 200x152 image: 7x5, 13x10, 25x19 attended scales, 50x38 mask features (non-integer resize factors)
     x = [torch.randn(2, 128, h, w, generator=g) for h, w in [(7, 5), (13, 10), (25, 19)]]

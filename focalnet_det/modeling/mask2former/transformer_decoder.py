@@ -260,14 +260,16 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         # others only make the next layer's attention mask, here from the mask features resized once per scale
         # (bilinear resizing is linear, so this is the official resize of full-resolution mask logits up to
         # rounding) instead of a full-resolution product and resize per layer.
-        if self.training:
-            attn_features = [mask_features] * self.num_feature_levels
-        else:
-            attn_features = [F.interpolate(mask_features, size=s, mode="bilinear", align_corners=False) for s in sizes]
+        resized = None if self.training else [
+            F.interpolate(mask_features, size=s, mode="bilinear", align_corners=False) for s in sizes
+        ]
+
+        def predict(output, level, last):
+            features = mask_features if resized is None or last else resized[level]
+            return self.forward_prediction_heads(output, features, sizes[level])
+
         predictions_class, predictions_mask = [], []
-        outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
-            output, attn_features[0] if self.num_layers else mask_features, sizes[0]
-        )
+        outputs_class, outputs_mask, attn_mask = predict(output, 0, self.num_layers == 0)
         predictions_class.append(outputs_class)
         predictions_mask.append(outputs_mask)
         for i in range(self.num_layers):
@@ -281,10 +283,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             )
             output = self.transformer_self_attention_layers[i](output, query_pos=query_embed)
             output = self.transformer_ffn_layers[i](output)
-            next_level = (i + 1) % self.num_feature_levels
-            last = i == self.num_layers - 1
-            outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
-                output, mask_features if last else attn_features[next_level], sizes[next_level]
+            outputs_class, outputs_mask, attn_mask = predict(
+                output, (i + 1) % self.num_feature_levels, i == self.num_layers - 1
             )
             predictions_class.append(outputs_class)
             predictions_mask.append(outputs_mask)
