@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
-# The CPU demo: train FocalNet-T Mask R-CNN from scratch on the built-in tiny_shapes dataset,
+# The CPU demo: train a shallow FocalNet-T Mask R-CNN from scratch on the built-in tiny_shapes dataset,
 # evaluate it (Detectron2's COCO box and mask AP tables), draw its predictions on validation
 # images into output/demo/pictures/, and beside them its training curves (losses, learning rate,
-# evaluation metrics; tools/plot_metrics.py). About 12 minutes on 2 CPU cores.
+# evaluation metrics; tools/plot_metrics.py). About 9 minutes on 2 CPU cores.
 #   bash scripts/demo.sh [KEY VALUE ...]   (extra config overrides for the training run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=${DEMO_OUTPUT:-output/demo}
 CONFIG=configs/Tiny/mask_rcnn_focalnet_tiny_shapes.yaml
-# OpenMP threads that sleep rather than spin when waiting: far faster when the CPU is shared
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 
 start=$(date +%s)
 ROOT=$($PY datasets/generate_tiny_shapes.py)  # generates the dataset once (cached), prints its folder

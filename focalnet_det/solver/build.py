@@ -1,15 +1,13 @@
 """The optimizer of every recipe: parameter groups by the family's rule, AdamW or SGD, gradient clipping.
 
 ``SOLVER.OPTIMIZER`` "ADAMW" (the FocalNet and Mask2Former recipes) or "SGD" (Detectron2's default).
-``SOLVER.CLIP_GRADIENTS`` of type "full_model" clips the norm of all gradients together before each step
-(Mask2Former's rule); the other types go through Detectron2's per-parameter clipping.
+``SOLVER.CLIP_GRADIENTS`` before each step: "full_model" clips the norm of all gradients together (Mask2Former's
+rule); "norm" and "value" clip each parameter's gradient on its own (Detectron2's rule, same arithmetic), in a few
+foreach calls instead of Detectron2's Python loop over the parameters (~50 ms of a ~1 s tiny Mask R-CNN step on 2 CPU cores).
 """
-import itertools
-
 import torch
 
 from detectron2.solver import get_default_optimizer_params
-from detectron2.solver.build import maybe_add_gradient_clipping
 
 from .mask2former import maskformer_param_groups
 
@@ -40,19 +38,37 @@ PARAM_GROUP_RULES = {"MaskFormer": maskformer_param_groups, "DINO": maskformer_p
 
 def adamw_kwargs(cfg):
     """AdamW's arguments from ``cfg.SOLVER``. The fused kernel is ~4x faster on CPUs; not with AMP, where
-    GradScaler would hand it still-scaled gradients that Detectron2's clipping (inside ``step``) must not see."""
+    GradScaler would hand it still-scaled gradients that the clipping (inside ``step``) must not see."""
     return {"betas": tuple(cfg.SOLVER.BETAS), "fused": not cfg.SOLVER.AMP.ENABLED}
 
 
-def _full_model_clipping(optimizer_cls, max_norm, norm_type):
-    class FullModelGradientClippingOptimizer(optimizer_cls):
+def _clip_gradients(params, clip):
+    """Clip the gradients of ``params`` in place by ``cfg.SOLVER.CLIP_GRADIENTS``."""
+    if clip.CLIP_TYPE == "full_model":
+        torch.nn.utils.clip_grad_norm_(params, clip.CLIP_VALUE, norm_type=clip.NORM_TYPE)
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    if clip.CLIP_TYPE == "value":  # torch.nn.utils.clip_grad_value_ per parameter
+        torch._foreach_clamp_min_(grads, -clip.CLIP_VALUE)
+        torch._foreach_clamp_max_(grads, clip.CLIP_VALUE)
+    else:  # "norm": torch.nn.utils.clip_grad_norm_ per parameter
+        norms = torch.stack(torch._foreach_norm(grads, clip.NORM_TYPE))
+        torch._foreach_mul_(grads, (clip.CLIP_VALUE / (norms + 1e-6)).clamp_(max=1.0).unbind())
+
+
+def _with_gradient_clipping(optimizer_cls, clip):
+    class GradientClippingOptimizer(optimizer_cls):
         def step(self, closure=None):
-            all_params = itertools.chain(*[g["params"] for g in self.param_groups])
-            torch.nn.utils.clip_grad_norm_(all_params, max_norm, norm_type=norm_type)
+            _clip_gradients([p for g in self.param_groups for p in g["params"]], clip)
             return super().step(closure=closure)
 
-    FullModelGradientClippingOptimizer.__name__ = f"FullModelGradientClipping{optimizer_cls.__name__}"
-    return FullModelGradientClippingOptimizer
+    name = optimizer_cls.__name__
+    GradientClippingOptimizer.__name__ = (
+        f"FullModelGradientClipping{name}" if clip.CLIP_TYPE == "full_model" else f"{name}WithGradientClip"
+    )
+    return GradientClippingOptimizer
 
 
 def build_optimizer(cfg, model):
@@ -67,8 +83,8 @@ def build_optimizer(cfg, model):
     else:
         raise ValueError(f"SOLVER.OPTIMIZER: unknown optimizer {s.OPTIMIZER!r} (use ADAMW or SGD)")
     clip = s.CLIP_GRADIENTS
-    if clip.ENABLED and clip.CLIP_TYPE == "full_model" and clip.CLIP_VALUE > 0.0:
-        optimizer_cls = _full_model_clipping(optimizer_cls, clip.CLIP_VALUE, clip.NORM_TYPE)
-    else:
-        optimizer_cls = maybe_add_gradient_clipping(cfg, optimizer_cls)
+    if clip.ENABLED:
+        if clip.CLIP_TYPE not in ("full_model", "norm", "value"):
+            raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE: unknown type {clip.CLIP_TYPE!r} (full_model, norm or value)")
+        optimizer_cls = _with_gradient_clipping(optimizer_cls, clip)
     return optimizer_cls(params, lr=s.BASE_LR, **kwargs)
