@@ -24,7 +24,7 @@ def _cfg(clip_type, clip_value, norm_type=2.0):
 def _model_with_gradients():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.LayerNorm(7), torch.nn.Linear(7, 3))
-    model.unused = torch.nn.Parameter(torch.ones(2))  # no gradient: skipped by both
+    model.unused = torch.nn.Parameter(torch.ones(2))  # no gradient: left alone
     for scale, p in zip([0.01, 3.0, 0.2, 5.0, 0.5, 0.05], [p for p in model.parameters() if p is not model.unused]):
         p.grad = torch.randn_like(p) * scale  # norms on both sides of the clip value
     return model
@@ -32,20 +32,24 @@ def _model_with_gradients():
 
 def _step(model, optimizer):
     optimizer.step()
-    return [p.detach().clone() for p in model.parameters()], [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    params = [p.detach().clone() for p in model.parameters()]
+    return params, [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
-@pytest.mark.parametrize("clip_type,clip_value,norm_type", [("norm", 1.0, 2.0), ("norm", 0.3, float("inf")), ("value", 0.1, 2.0)])
+@pytest.mark.parametrize(
+    "clip_type,clip_value,norm_type", [("norm", 1.0, 2.0), ("norm", 0.3, float("inf")), ("value", 0.1, 2.0)]
+)
 def test_per_parameter_clipping_equals_detectron2s(clip_type, clip_value, norm_type):
     cfg = _cfg(clip_type, clip_value, norm_type)
     ours = _model_with_gradients()
     theirs = _model_with_gradients()  # the same weights and gradients
     opt = build_optimizer(cfg, ours)
     # Detectron2's optimizer class with its Python loop of clip_grad_norm_ / clip_grad_value_ per parameter,
-    # on the same parameter groups of the twin, less the parameter without a gradient (its clip_grad_value_ fails on it)
+    # on the same parameter groups of the twin, less the parameter without a gradient (clip_grad_value_ fails on it)
     by_id = {id(p): n for n, p in ours.named_parameters()}
     twin = dict(theirs.named_parameters())
-    groups = [{**g, "params": [twin[by_id[id(p)]] for p in g["params"] if p.grad is not None]} for g in opt.param_groups]
+    groups = [{**g, "params": [twin[by_id[id(p)]] for p in g["params"] if p.grad is not None]}
+              for g in opt.param_groups]
     reference = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(groups, lr=cfg.SOLVER.BASE_LR, fused=True)
     (p1, g1), (p2, g2) = _step(ours, opt), _step(theirs, reference)
     unclipped = [p.grad for p in _model_with_gradients().parameters() if p.grad is not None]
